@@ -1,0 +1,166 @@
+"""The `quill` command: argument parsing only; each verb calls one function in the module that owns it."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+
+from quill import __version__
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    if required:
+        p.add_argument("config", help="pipeline YAML (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set stages.dapt.train.lr=5e-5 (repeatable)")
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("sampling (defaults: the run's generation settings)")
+    g.add_argument("--temperature", type=float)
+    g.add_argument("--top-p", type=float)
+    g.add_argument("--top-k", type=int)
+    g.add_argument("--repetition-penalty", type=float)
+    g.add_argument("--max-new-tokens", type=int)
+    g.add_argument("--seed", type=int)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quill", description="quill: turn a small open language model into a "
+                                     "conversational poet.")
+    parser.add_argument("--version", action="version", version=f"quill {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    # ---- data
+    p = sub.add_parser("data", help="look at the data before training")
+    dsub = p.add_subparsers(dest="data_verb", metavar="ACTION")
+    p = dsub.add_parser("inspect", help="data report and formatted training examples with loss tokens marked")
+    _config_args(p)
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--examples", type=int, default=2, help="formatted examples per stage")
+    p.add_argument("--stage", help="only this stage")
+
+    # ---- training
+    p = sub.add_parser("train", help="run a pipeline config (both stages)")
+    _config_args(p)
+    p.add_argument("--run-dir", help="write the run here (default: OUTPUT_DIR/NAME from the config)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p = sub.add_parser("demo", help="the embedded offline demo: SmolLM2-135M, Gutenberg passages, both stages")
+    _config_args(p, required=False)
+    p.add_argument("--run-dir", default="runs/demo")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing demo run (default: yes)")
+    p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("run", help="run folder")
+
+    # ---- evaluation
+    p = sub.add_parser("eval", help="losses, poetry metrics and samples for base / each stage; report.md/html")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--samples", type=int, help="samples per prompt (default: config eval.samples_per_prompt)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--quick", action="store_true", help="the reference's two prompts only")
+    p = sub.add_parser("sweep", help="train every point of a grid and tabulate losses and metrics")
+    _config_args(p)
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="grid axis, e.g. --grid stages.dapt.train.lr=1e-4,5e-5 (repeatable)")
+    p.add_argument("--out", help="sweep folder (default: OUTPUT_DIR/NAME-sweep)")
+    p.add_argument("--no-eval", action="store_true", help="skip poetry metrics per point")
+    p = sub.add_parser("compare", help="several runs side by side in one table and one HTML page")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", default="compare", help="folder for compare.md / compare.html / compare.csv")
+
+    # ---- talking to the poet
+    p = sub.add_parser("generate", help="one answer from a run (or any model)")
+    p.add_argument("run", help="run folder, checkpoint folder or model name")
+    p.add_argument("prompt")
+    p.add_argument("--continue", dest="raw", action="store_true", help="raw completion: continue the text")
+    _sampling_args(p)
+    p = sub.add_parser("chat", help="multi-turn chat in the terminal (/reset, /save FILE, /set KEY VALUE)")
+    p.add_argument("run")
+    _sampling_args(p)
+    p = sub.add_parser("serve", help="OpenAI-compatible API and web page (chat + blind A/B arena)")
+    p.add_argument("runs", nargs="+", help="run folders, checkpoint folders or model names; NAME=PATH to name one")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=os.environ.get("QUILL_API_KEY"), help="require this bearer key")
+    p.add_argument("--arena-db", help="SQLite file for arena votes (default: in the first run folder)")
+    p = sub.add_parser("arena", help="arena results")
+    asub = p.add_subparsers(dest="arena_verb", metavar="ACTION")
+    p = asub.add_parser("results", help="win rates per pair of models")
+    p.add_argument("db")
+    return parser
+
+
+def _sampling(args) -> dict:
+    keys = ["temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed"]
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+
+
+def dispatch(args) -> int | None:
+    verb = args.verb
+    if verb == "data":
+        from quill.data.inspect import run_inspect
+        return run_inspect(args.config, args.overrides, as_json=args.json, examples=args.examples, stage=args.stage)
+    if verb == "train":
+        from quill.train.pipeline import train_from_config
+        train_from_config(args.config, args.overrides, run_dir=args.run_dir, overwrite=args.overwrite)
+        return 0
+    if verb == "demo":
+        from quill.train.pipeline import run_demo
+        run_demo(args.config, args.overrides, run_dir=args.run_dir)
+        return 0
+    if verb == "resume":
+        from quill.train.pipeline import resume_run
+        resume_run(args.run)
+        return 0
+    if verb == "eval":
+        from quill.evaluate.run import run_eval
+        run_eval(args.run, samples=args.samples, max_new_tokens=args.max_new_tokens, quick=args.quick)
+        return 0
+    if verb == "sweep":
+        from quill.evaluate.sweep import run_sweep
+        run_sweep(args.config, args.overrides, grid=args.grid, out=args.out, with_eval=not args.no_eval)
+        return 0
+    if verb == "compare":
+        from quill.evaluate.compare import run_compare
+        run_compare(args.runs, out=args.out)
+        return 0
+    if verb == "generate":
+        from quill.generate.cli import run_generate
+        return run_generate(args.run, args.prompt, raw=args.raw, **_sampling(args))
+    if verb == "chat":
+        from quill.generate.chat import run_chat
+        return run_chat(args.run, **_sampling(args))
+    if verb == "serve":
+        from quill.generate.server import run_server
+        return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db)
+    if verb == "arena":
+        from quill.generate.arena import print_results
+        return print_results(args.db)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verb is None or (args.verb == "data" and args.data_verb is None) or \
+            (args.verb == "arena" and args.arena_verb is None):
+        parser.print_help()
+        return 0 if args.verb is None else 2
+    from quill.errors import QuillError
+    try:
+        rc = dispatch(args)
+    except QuillError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"quill: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quill: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""The typed pipeline config: one YAML file describes model, both stages, evaluation and generation.
+
+Every model forbids unknown keys, so a typo is an error that names its key path
+(``stages[0].train.lr: must be > 0``) instead of a setting that silently does nothing.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+from quill.errors import QuillError
+
+
+class ConfigError(QuillError):
+    """A config problem, already phrased for the user (``path: message``)."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model
+class ModelConfig(_Strict):
+    name: str = Field("smollm2-135m", description="preset (smollm2-135m, gpt2, deepseek-coder-1.3b, tiny-llama, "
+                      "tiny-gpt2), hub id, local folder or .gguf file")
+    revision: str | None = None
+    template: str = Field("auto", description="auto: the model's own chat template, else quill's 'User:/Assistant:'; "
+                          "or 'quill' / 'chatml' to force one")
+    trust_remote_code: bool = Field(False, description="run model code from the hub; refused unless set")
+    attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
+
+
+# --------------------------------------------------------------------------- data
+class CleanConfig(_Strict):
+    min_chars: int = Field(1, ge=0, description="drop texts shorter than this (after normalising)")
+    max_chars: int | None = Field(None, gt=0, description="drop texts longer than this")
+    dedupe: bool = True
+    strip_special_tokens: bool = Field(True, description="remove tokenizer control strings such as <|endoftext|> "
+                                       "found in the text (counted in the report)")
+
+
+class SplitConfig(_Strict):
+    val: float = Field(0.2, ge=0, lt=1)
+    test: float = Field(0.0, ge=0, lt=1)
+    seed: int = 0
+    keep_existing: bool = Field(True, description="keep the splits a data set already has (hub data sets)")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "SplitConfig":
+        if self.val + self.test >= 1:
+            raise ValueError("val + test must be < 1")
+        return self
+
+
+class SynthConfig(_Strict):
+    """Instruction pairs made from a poem corpus, so stage 2 works offline with any corpus."""
+    per_poem: int = Field(1, ge=1, le=8, description="instruction pairs made from each poem")
+    kinds: list[Literal["topic", "style", "title", "continue", "lines", "form"]] = Field(
+        default_factory=lambda: ["topic", "style", "title", "continue", "lines", "form"])
+    seed: int = 0
+
+
+class DataConfig(_Strict):
+    source: str = Field(..., description="hub id, preset (poetry-foundation, poetry-instructions, gutenberg), "
+                        "file (.csv .json .jsonl .parquet, .gz allowed), or a folder of .txt files")
+    format: Literal["auto", "hub", "csv", "json", "jsonl", "parquet", "txt", "gutenberg"] = "auto"
+    kind: Literal["poems", "instructions", "synthesize"] = Field(
+        "poems", description="poems: raw texts (stage 1); instructions: prompt/completion pairs parsed from "
+        "'User: … Assistant: …', prompt/completion or messages columns; synthesize: pairs made from poems")
+    columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> column in the source: "
+                                    "text, title, author, tags, conversation, prompt, completion, messages")
+    hub_config: str | None = None
+    hub_split: str | None = Field(None, description="load only this split of a hub data set")
+    passage_lines: int = Field(8, ge=1, description="gutenberg: consecutive lines grouped into one passage")
+    max_rows: int | None = Field(None, gt=0, description="read at most this many rows (quick runs)")
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    synthesize: SynthConfig = Field(default_factory=SynthConfig)
+
+
+# --------------------------------------------------------------------------- adapter / training
+class AdapterConfig(_Strict):
+    method: Literal["lora", "full"] = "lora"
+    r: int = Field(16, gt=0)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    targets: str | list[str] = Field("all-linear", description="'all-linear', 'attention', or module names")
+    merge: bool = Field(True, description="merge the adapter into the weights at the end of the stage "
+                        "(the reference's method); false continues the same adapter in the next stage")
+
+
+class TrainConfig(_Strict):
+    micro_batch: int = Field(2, gt=0)
+    grad_accum: int = Field(4, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    lr: float = Field(1e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup: float = Field(0.03, ge=0, description="< 1: fraction of steps; >= 1: number of steps")
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    block_size: int = Field(512, gt=8, description="tokens per packed block (dapt) / max example length (sft)")
+    packing: bool = Field(True, description="pack examples into blocks without cross-attention (else pad, "
+                          "grouped by length)")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    seed: int = 0
+    eval_every: int | None = Field(None, gt=0, description="val loss every N optimizer steps")
+    eval_batches: int | None = Field(None, gt=0, description="cap on val batches per evaluation")
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
+    early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without val improvement")
+    log_every: int = Field(1, gt=0)
+
+
+class StageConfig(_Strict):
+    name: str
+    kind: Literal["dapt", "sft"]
+    data: DataConfig
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# --------------------------------------------------------------------------- generation / eval
+REFERENCE_PROMPTS = ["The sea is blue, the sky is red", "Write a poem about the sea and the sky"]
+
+
+class GenerationConfig(_Strict):
+    temperature: float = Field(0.7, ge=0, le=5)
+    top_p: float = Field(0.95, gt=0, le=1)
+    top_k: int = Field(0, ge=0)
+    repetition_penalty: float = Field(1.1, gt=0)
+    max_new_tokens: int = Field(160, gt=0)
+    seed: int = 0
+
+
+class EvalConfig(_Strict):
+    prompts: list[str] = Field(default_factory=lambda: list(REFERENCE_PROMPTS))
+    suite: str | None = Field("default", description="versioned sample suite for `quill eval` (None: prompts only)")
+    samples_per_prompt: int = Field(1, gt=0)
+    max_batches: int | None = Field(None, gt=0, description="cap on batches per split for loss tables")
+
+
+class TrackingConfig(_Strict):
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+
+
+class PipelineConfig(_Strict):
+    name: str = "quill"
+    output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    stages: list[StageConfig]
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: dict[str, list[Any]] = Field(default_factory=dict, description="grid for `quill sweep`: "
+                                        "dotted key -> values")
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> "PipelineConfig":
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        if not self.stages:
+            raise ValueError("at least one stage is needed")
+        return self
+
+    def stage(self, name: str) -> StageConfig:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- loading
+def _path_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown key",
+    "missing": "required key is missing",
+}
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        template = _MESSAGES.get(e["type"])
+        msg = template.format(**e.get("ctx", {})) if template else e["msg"].removeprefix("Value error, ")
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after")))
+        lines.append(f"{_path_str(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def validate(raw: dict) -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply ``a.b[0].c=value`` or ``stages.dapt.train.lr=5e-5`` (stages addressed by name or index)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE")
+    key, value_text = assignment.split("=", 1)
+    value = yaml.safe_load(value_text) if value_text.strip() else None
+    parts = [p for p in key.replace("[", ".").replace("]", "").split(".") if p]
+    node: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part, key)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"--set {key}: '{'.'.join(parts[:i])}' is not a section")
+
+
+def _list_index(node: list, part: str, key: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(node) <= idx < len(node):
+            raise ConfigError(f"--set {key}: index {idx} out of range")
+        return idx
+    for idx, item in enumerate(node):
+        if isinstance(item, dict) and item.get("name") == part:
+            return idx
+    names = [item.get("name") for item in node if isinstance(item, dict)]
+    raise ConfigError(f"--set {key}: no entry named '{part}' (have {names})")
+
+
+def load_raw(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    raw = copy.deepcopy(load_raw(path))
+    for item in overrides or []:
+        apply_override(raw, item)
+    try:
+        return validate(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}:\n{err}") from None
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def packaged_config(name: str) -> Path:
+    """Path of a config shipped inside the package (``demo`` -> quill/configs/demo.yaml)."""
+    return Path(__file__).parent / "configs" / f"{name}.yaml"
