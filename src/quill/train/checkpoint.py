@@ -1,0 +1,132 @@
+"""Resumable training state, written atomically.
+
+A checkpoint folder holds what an uninterrupted run would still have in memory:
+- ``trainable.safetensors``: the trainable weights (the LoRA matrices, or every weight in full fine-tuning);
+- ``optimizer.pt`` / ``scheduler.pt``: their state dicts, loaded back with ``torch.load(weights_only=True)``
+  (tensors and numbers only: no pickled code);
+- ``rng-<rank>.safetensors`` and ``state.json``: random number generator states (LoRA dropout draws from
+  them), the optimizer step, and the data position (epoch and micro-batch index).
+
+It is written to ``<name>.tmp-<pid>`` and renamed over the previous one, so a kill at any moment leaves
+either the old or the new checkpoint whole — never a mix.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from quill.train.faults import fault_point
+from quill.train.runfolder import read_json, write_json_atomic
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    out = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state()
+    return out
+
+
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank: int = 0,
+                    world: int = 1, barrier=lambda: None) -> None:
+    """Every rank writes its RNG state into the temp folder; rank 0 writes the rest and renames it."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        fault_point("checkpoint:begin")
+    barrier()
+    save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
+    write_json_atomic(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
+    if rank == 0:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        fault_point("checkpoint:weights")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        fault_point("checkpoint:optimizer")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    barrier()
+    if rank == 0:
+        write_json_atomic(tmp / "state.json", {**state, "world_size": world})  # written last: marks complete
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if folder.exists():
+            os.replace(folder, old)
+        fault_point("checkpoint:rename")
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(folder.parent)
+    barrier()
+
+
+def find_checkpoint(folder: Path) -> Path | None:
+    """The last complete checkpoint: the folder itself, or the previous one left by a kill mid-rename."""
+    folder = Path(folder)
+    for cand in (folder, folder.with_name(folder.name + ".old")):
+        if (cand / "state.json").exists():
+            return cand
+    return None
+
+
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    folder = Path(folder)
+    state = read_json(folder / "state.json")
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    if missing:
+        raise RuntimeError(f"{folder}: checkpoint weights not in the model: {missing[:3]}")
+    with torch.no_grad():
+        for n, t in weights.items():
+            params[n].copy_(t.to(params[n].device, params[n].dtype))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    rng_file = folder / f"rng-{rank}.safetensors"
+    if rng_file.exists():
+        rng = load_file(str(rng_file))
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        extra = read_json(folder / f"rng-{rank}.json", {})
+        if extra:
+            random.setstate(_to_py_state(extra["python"]))
+            np.random.set_state(_to_np_state(extra["numpy"]))
+    return state
+
+
+def _py_state():
+    v, internal, gauss = random.getstate()
+    return [v, list(internal), gauss]
+
+
+def _to_py_state(s):
+    return (s[0], tuple(s[1]), s[2])
+
+
+def _np_state():
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _to_np_state(s):
+    return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass

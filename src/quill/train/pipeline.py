@@ -1,0 +1,187 @@
+"""The two-stage pipeline: set up → (per stage: prepare weights → fit → save) → samples → summary.
+
+Stage 1 (DAPT) and stage 2 (SFT) run through the same code; they differ in their data (``kind``) and in
+what the previous stage left: by default its LoRA adapter is merged into the weights before the next stage
+starts (the reference's method); ``adapter.merge: false`` continues the same adapter instead.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from quill.config import PipelineConfig, dump_config, load_config, packaged_config
+from quill.data.prepare import load_prepared, prepare_stage_data, save_prepared
+from quill.errors import RunError
+from quill.train.batches import build_loader, encode_split, pad_id_of
+from quill.train.loop import StageInputs, fit, resolve_precision
+from quill.train.runfolder import RunFolder
+from quill.train.samples import sample_prompts
+
+
+def make_accelerator(cfg: PipelineConfig, run: RunFolder):
+    from accelerate import Accelerator
+    trackers = list(cfg.tracking.report_to)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run.path))
+    if trackers:
+        acc.init_trackers("tb")
+    return acc
+
+
+def train_from_config(config_path, overrides=None, run_dir=None, overwrite=False) -> Path:
+    cfg = load_config(config_path, overrides)
+    run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
+    return train(cfg, run_dir, overwrite=overwrite, base_dir=Path(config_path).resolve().parent)
+
+
+def resume_run(run_dir) -> Path:
+    run = RunFolder(run_dir)
+    if not run.config.exists():
+        raise RunError(f"{run.path}: not a quill run folder (no config.yaml)")
+    cfg = load_config(run.config)
+    return train(cfg, run.path, resume=True)
+
+
+def run_demo(config=None, overrides=None, run_dir="runs/demo") -> Path:
+    """The embedded default: offline, SmolLM2-135M, Gutenberg passages then synthesized instructions."""
+    path = Path(config) if config else packaged_config("demo")
+    cfg = load_config(path, overrides)
+    t0 = time.perf_counter()
+    out = train(cfg, Path(run_dir), overwrite=True, base_dir=Path.cwd(), demo=True)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; run folder: {out}")
+    print(f"next: quill eval {out}   |   quill chat {out}   |   quill serve {out}")
+    return out
+
+
+def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, base_dir: Path | None = None,
+          demo: bool = False) -> Path:
+    from quill import models
+    run = RunFolder(run_dir)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    if rank0 and not resume and run.path.exists() and any(run.path.iterdir()):
+        if not overwrite:
+            raise RunError(f"{run.path}: run folder exists; pass --overwrite to replace it or "
+                           f"`quill resume {run.path}` to continue it")
+        with run.lock():
+            shutil.rmtree(run.path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    lock = run.lock().acquire() if rank0 else None
+    try:
+        accelerator = make_accelerator(cfg, run)
+        main = accelerator.is_main_process
+        if main and not resume:
+            run.config.write_text(dump_config(cfg), encoding="utf-8")
+        prepared = _prepare_all(cfg, run, base_dir or Path.cwd(), accelerator, resume)
+        model, tokenizer, template = models.load_base(cfg.model)
+        summary = run.summary() if resume else {}
+        summary.setdefault("stages", {})
+        summary.update({"model": cfg.model.name, "stage_order": [s.name for s in cfg.stages]})
+        if main and not summary.get("samples_base") and (demo or cfg.eval.prompts):
+            summary["samples_base"] = sample_prompts(model, tokenizer, template, cfg.eval.prompts, cfg.generation)
+        continuing = False  # True while the previous stage's adapter is being continued (merge: false)
+        for i, stage in enumerate(cfg.stages):
+            done = summary["stages"].get(stage.name, {}).get("complete")
+            if done:
+                model, continuing = _restore_after(run, stage, model, models)
+                continue
+            model, continuing, result = _run_stage(cfg, stage, model, tokenizer, template, prepared[stage.name],
+                                                   accelerator, run, resume, continuing, models)
+            summary["stages"][stage.name] = result
+            if main:
+                run.update_summary(**summary)
+                _print_stage(stage.name, result)
+        if main:
+            poet = sample_prompts(model, tokenizer, template, cfg.eval.prompts, cfg.generation)
+            summary["samples"] = poet
+            summary["complete"] = True
+            run.update_summary(**summary)
+            _print_samples(summary.get("samples_base", {}), poet)
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+    finally:
+        if lock:
+            lock.release()
+    return run.path
+
+
+def _prepare_all(cfg, run, base_dir, accelerator, resume) -> dict:
+    """Data for every stage, prepared once by the main process and saved; every process reads the saved splits."""
+    out = {}
+    for stage in cfg.stages:
+        folder = run.data(stage.name)
+        if accelerator.is_main_process and not (resume and (folder / "report.json").exists()):
+            prep = prepare_stage_data(stage, base_dir)
+            save_prepared(prep, folder)
+            rep = prep.report
+            print(f"[{stage.name}] data: {rep.get('rows_in')} rows in, {rep.get('rows_out')} kept "
+                  f"(dropped: {rep.get('dropped') or 'none'}), splits {rep.get('splits')}")
+        accelerator.wait_for_everyone()
+        out[stage.name] = load_prepared(folder)
+    return out
+
+
+def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, run, resume, continuing, models):
+    tc = stage.train
+    amp = resolve_precision(tc.precision, accelerator.device)
+    # frozen base weights can live in the low precision; trained weights stay fp32 (full fine-tuning: autocast)
+    model = model.to(accelerator.device, dtype=amp if stage.adapter.method == "lora" else torch.float32)
+    torch.manual_seed(tc.seed)
+    if not continuing:
+        model = models.apply_adapter(model, stage.adapter)
+    kind = prepared.kind
+    train_enc = encode_split(kind, prepared.splits["train"], tokenizer, template, tc.block_size, tc.packing, tc.seed)
+    if not train_enc.sequences:
+        raise RunError(f"stage {stage.name}: no training examples left after tokenizing "
+                       f"(skipped: {dict(train_enc.skipped)})")
+    loaders = {split: build_loader(kind, prepared.splits[split], tokenizer, template, tc)
+               for split in ("val", "test") if prepared.splits.get(split)}
+    if accelerator.is_main_process:
+        print(f"[{stage.name}] {stage.kind} on {len(prepared.splits['train'])} examples → "
+              f"{len(train_enc.sequences)} sequences, {train_enc.tokens:,} tokens "
+              f"({train_enc.loss_tokens:,} with loss); precision {str(amp).removeprefix('torch.')}")
+    inputs = StageInputs(stage.name, tc, train_enc, loaders.get("val"), loaders.get("test"), pad_id_of(tokenizer))
+    torch.manual_seed(tc.seed + 1)
+    result = fit(model, inputs, accelerator, run, resume=resume)
+    result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped)})
+    lora = stage.adapter.method == "lora"
+    if accelerator.is_main_process:
+        if lora:
+            models.save_adapter(run.adapter_dir(stage.name), model)
+        to_save = models.merge_adapter(copy.deepcopy(model) if lora and not stage.adapter.merge else model) \
+            if lora else model
+        models.save_model(run.model_dir(stage.name), to_save, tokenizer, template, cfg.generation)
+        if lora and stage.adapter.merge:
+            model = to_save
+    accelerator.wait_for_everyone()
+    if lora and stage.adapter.merge and not accelerator.is_main_process:
+        model = models.merge_adapter(model)
+    shutil.rmtree(run.checkpoint(stage.name), ignore_errors=True) if accelerator.is_main_process else None
+    return model, lora and not stage.adapter.merge, result
+
+
+def _restore_after(run, stage, model, models):
+    """On resume: the weights a completed stage left (merged model, or base + its adapter to continue)."""
+    if stage.adapter.method == "lora" and not stage.adapter.merge:
+        return models.load_adapter(model, run.adapter_dir(stage.name), trainable=True), True
+    loaded, _tok, _tpl, _gen = models.load_checkpoint(run.model_dir(stage.name))
+    return loaded, False
+
+
+def _print_stage(name, r):
+    before, after = r.get("val_loss_before"), r.get("val_loss_after")
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    test = f", test {r['test_loss']:.4f}" if r.get("test_loss") is not None else ""
+    print(f"[{name}] done: val loss {fmt(before)} → {fmt(after)}{test}; train {r['train_loss']:.4f}; "
+          f"{r['steps']} steps, {r['tokens']:,} tokens in {r['wall_s']:.0f} s ({r['tokens_per_s']:,.0f} tokens/s)")
+
+
+def _print_samples(base: dict, poet: dict) -> None:
+    for prompt, text in poet.items():
+        print(f"\n=== {prompt}")
+        if prompt in base:
+            print(f"--- base model:\n{base[prompt].strip()}")
+        print(f"--- poet:\n{text.strip()}")
