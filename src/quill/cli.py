@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="write the run here (default: OUTPUT_DIR/NAME from the config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
     p = sub.add_parser("demo", help="the embedded offline demo: SmolLM2-135M, Gutenberg passages, both stages")
+    p.add_argument("--config", help="another pipeline YAML instead of the embedded configs/demo.yaml")
     _config_args(p, required=False)
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing demo run (default: yes)")
     p = sub.add_parser("resume", help="continue an interrupted run from its last checkpoint")
     p.add_argument("run", help="run folder")
 

@@ -1,23 +1,22 @@
 """Samples for the fixed prompts before and after training (the reference's before/after reading)."""
 from __future__ import annotations
 
-import torch
-
 
 def sample_prompts(model, tokenizer, template, prompts: list[str], gen_cfg) -> dict[str, str]:
-    """One answer per prompt, formatted by the checkpoint's template, with the run's sampling settings."""
+    """One answer per prompt, formatted by the checkpoint's template, with the run's sampling settings.
+
+    Prompt i uses seed ``generation.seed + i``, so the base model and the poet draw the same random numbers.
+    """
     if not prompts:
         return {}
     from quill.generate.engine import Engine
 
-    engine = Engine(model, tokenizer, template)
+    was_training = model.training
+    model.eval()
+    engine = Engine(model, tokenizer, template, generation=gen_cfg.model_dump(), fast=False)
     out = {}
     for i, prompt in enumerate(prompts):
-        res = engine.complete([{"role": "user", "content": prompt}], temperature=gen_cfg.temperature,
-                              top_p=gen_cfg.top_p, top_k=gen_cfg.top_k,
-                              repetition_penalty=gen_cfg.repetition_penalty,
-                              max_new_tokens=gen_cfg.max_new_tokens, seed=gen_cfg.seed + i)
-        out[prompt] = res.text
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        ids = engine.chat_prompt([{"role": "user", "content": prompt}])
+        out[prompt] = engine.generate(ids, engine.params(seed=gen_cfg.seed + i)).text
+    model.train(was_training)
     return out

@@ -1,0 +1,1 @@
+"""Poetry metrics, one small module per concern; ``quill.evaluate.poetry`` puts them together."""

@@ -1,0 +1,105 @@
+"""Checkpoints: weights (safetensors), tokenizer, ``template.json`` and ``generation_config.json`` in one folder,
+so chat / serve / eval can reload a stage without the run's config.
+
+Writes are atomic: everything goes to ``FOLDER.tmp-<pid>``, then the old folder is renamed aside, the new one
+renamed into place, and the old one removed. A crash or error while writing leaves the previous checkpoint
+untouched (only a crash between the two renames leaves it under ``FOLDER.old-<pid>``).
+
+Dtype: weights are saved in the model's own dtype unless ``dtype`` is given — a bf16 model stays bf16 (half the
+disk), an fp32 CPU run stays fp32 (no silent precision loss between stages).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from quill.config import GenerationConfig
+
+GENERATION_FILE = "generation_config.json"
+
+
+def _quill_generation(generation: GenerationConfig | dict | None) -> GenerationConfig:
+    if generation is None:
+        return GenerationConfig()
+    if isinstance(generation, GenerationConfig):
+        return generation
+    return GenerationConfig(**{k: v for k, v in dict(generation).items() if k in GenerationConfig.model_fields})
+
+
+def hf_generation_config(generation: GenerationConfig | dict | None, tokenizer, template):
+    """A transformers GenerationConfig from quill's settings; EOS ids include the template's end-of-turn,
+    so ``model.generate`` stops at ``<|im_end|>`` too. The quill dict rides along under ``"quill"``."""
+    from transformers import GenerationConfig as HFGenerationConfig
+    g = _quill_generation(generation)
+    sample = g.temperature > 0
+    kwargs: dict[str, Any] = dict(do_sample=sample, max_new_tokens=g.max_new_tokens,
+                                  repetition_penalty=g.repetition_penalty,
+                                  eos_token_id=template.stop_token_ids(tokenizer),
+                                  pad_token_id=tokenizer.pad_token_id, quill=g.model_dump())
+    if tokenizer.bos_token_id is not None:
+        kwargs["bos_token_id"] = tokenizer.bos_token_id
+    if sample:  # greedy configs with sampling knobs make transformers warn
+        kwargs.update(temperature=g.temperature, top_p=g.top_p, top_k=g.top_k)
+    return HFGenerationConfig(**kwargs)
+
+
+def read_generation(folder: str | Path) -> dict:
+    """quill's generation dict (GenerationConfig fields) from a checkpoint; defaults when absent."""
+    path = Path(folder) / GENERATION_FILE
+    raw = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if isinstance(raw.get("quill"), dict):
+        return _quill_generation(raw["quill"]).model_dump()
+    g = {k: raw[k] for k in ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens") if k in raw}
+    if raw.get("do_sample") is False:
+        g["temperature"] = 0.0
+    return _quill_generation(g).model_dump()
+
+
+def save_model(folder: str | Path, model, tokenizer, template, generation: GenerationConfig | dict | None = None,
+               dtype: Any = None) -> Path:
+    """Atomically write a complete checkpoint (see the module docstring). Pass a plain model
+    (``merge_adapter`` first): a PeftModel here is an error rather than a silent adapter-only save."""
+    from quill.errors import ModelError
+    from quill.models.loading import resolve_dtype
+    if hasattr(model, "peft_config"):
+        raise ModelError("save_model needs a plain model: merge_adapter() first, or save_adapter() the adapter")
+    original = model.dtype
+    target = resolve_dtype(dtype) if dtype is not None else original
+
+    def write(tmp: Path) -> None:
+        if target != original:
+            model.to(target)
+        try:
+            model.save_pretrained(tmp)  # safetensors (transformers 5 writes nothing else)
+        finally:
+            if target != original:
+                model.to(original)
+        # overwrites the model's own generation_config.json; the model object is left unchanged
+        hf_generation_config(generation, tokenizer, template).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        template.save(tmp)
+    return atomic_replace(folder, write)
+
+
+def atomic_replace(folder: str | Path, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` then swap ``tmp`` in for ``folder``; on any error the old ``folder`` is left as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            os.rename(old, folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
