@@ -18,8 +18,8 @@ from quill.config import ConfigError, PipelineConfig, StageConfig, load_config
 from quill.data.prepare import PreparedData, prepare_stage_data
 from quill.data.report import format_report, length_stats
 from quill.errors import QuillError
+from quill.data.pack import IGNORE_INDEX  # defined once, in pack.py
 
-IGNORE_INDEX = -100
 SAMPLE_ROWS = 2000        # token lengths are measured on an evenly spread sample of at most this many rows
 MAX_EXAMPLE_CHARS = 1500  # long poems are cut in the printed example (the count of tokens stays exact)
 

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from quill.errors import ModelError
+from quill.data.pack import IGNORE_INDEX  # defined once, in pack.py
 
-IGNORE_INDEX = -100
 TEMPLATE_FILE = "template.json"
 
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from quill.data.pack import IGNORE_INDEX
 from quill.train.batches import Encoded, collate, epoch_batches
 from quill.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from quill.train.evaluation import eval_loss
@@ -37,7 +38,7 @@ class StageInputs:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 where the hardware runs it natively (recent GPUs; CPUs with AVX512-BF16 or AMX), else fp32."""
+    """``auto``: bf16 where the hardware runs it faster (recent GPUs; CPUs with AMX), else fp32."""
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
@@ -50,11 +51,13 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def cpu_has_bf16() -> bool:
+    """AMX only: with AVX512-BF16 alone a bf16 matmul peaks at the fp32 rate and, with the conversions,
+    runs slower (measured: oneDNN bf16 ~0.55x MKL fp32 on a Xeon without AMX; see docs/PERFORMANCE.md)."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = open("/proc/cpuinfo").read().split()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return "amx_bf16" in flags
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
@@ -127,7 +130,7 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
             for j, b in enumerate(mine):
                 batch = collate([inputs.train.sequences[i] for i in b], inputs.pad_id)
                 if idle:
-                    batch["labels"].fill_(-100)
+                    batch["labels"].fill_(IGNORE_INDEX)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 sync = contextlib.nullcontext() if j == len(mine) - 1 else accelerator.no_sync(wrapped)
                 with sync:

@@ -1,0 +1,139 @@
+"""Request bodies and response chunks of the OpenAI API subset quill serves, and its error shape.
+
+Why pydantic models here: the range checks (temperature, top_p, max_tokens) become 400 answers that name
+the offending field, as OpenAI's do, before any work is queued. Unknown fields are accepted and ignored
+(OpenAI clients send options such as ``user`` or ``logit_bias`` that a local poet has no use for);
+``top_k`` and ``repetition_penalty`` are accepted as extensions (vLLM does the same).
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Sampling(_Lenient):
+    model: str
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = Field(None, ge=0)
+    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+
+    def sampling(self) -> dict[str, Any]:
+        """Overrides for ``Engine.params`` (None: the run's default)."""
+        return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "repetition_penalty": self.repetition_penalty, "seed": self.seed,
+                "max_new_tokens": self.max_completion_tokens or self.max_tokens}
+
+    @property
+    def include_usage(self) -> bool:
+        return bool((self.stream_options or {}).get("include_usage"))
+
+
+class ChatMessage(_Lenient):
+    role: Literal["system", "user", "assistant", "developer"]
+    content: str | list[dict[str, Any]] | None = ""
+
+    def as_quill(self) -> dict[str, str]:
+        """Text parts joined (images and audio are not for a poet); 'developer' is OpenAI's new 'system'."""
+        content = self.content or ""
+        if isinstance(content, list):
+            content = "".join(str(p.get("text", "")) for p in content if p.get("type") == "text")
+        return {"role": "system" if self.role == "developer" else self.role, "content": content}
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(..., min_length=1)
+
+    @field_validator("messages")
+    @classmethod
+    def _last_is_not_assistant(cls, v: list[ChatMessage]) -> list[ChatMessage]:
+        if all(m.role in ("system", "developer") for m in v):
+            raise ValueError("needs at least one user message")
+        return v
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and len(v) != 1:
+            raise ValueError("one prompt per request")
+        return v
+
+    @property
+    def text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class ArenaBattleRequest(_Lenient):
+    prompt: str = Field(..., min_length=1, max_length=4000)
+    model_a: str | None = None
+    model_b: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=1024)
+
+
+class ArenaVoteRequest(_Lenient):
+    id: str = Field(..., min_length=1, max_length=64)
+    vote: Literal["a", "b", "tie"]
+
+
+# ---------------------------------------------------------------------------- responses
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def error_body(message: str, type_: str = "invalid_request_error", param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_chunk(cid: str, model: str, created: int, delta: dict[str, Any], finish: str | None = None) -> dict:
+    return {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "system_fingerprint": None,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+
+
+def chat_response(cid: str, model: str, created: int, text: str, finish: str, prompt_tokens: int,
+                  completion_tokens: int) -> dict:
+    return {"id": cid, "object": "chat.completion", "created": created, "model": model, "system_fingerprint": None,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
+                         "finish_reason": finish}],
+            "usage": usage(prompt_tokens, completion_tokens)}
+
+
+def completion_chunk(cid: str, model: str, created: int, text: str, finish: str | None = None) -> dict:
+    return {"id": cid, "object": "text_completion", "created": created, "model": model, "system_fingerprint": None,
+            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+
+
+def completion_response(cid: str, model: str, created: int, text: str, finish: str, prompt_tokens: int,
+                        completion_tokens: int) -> dict:
+    body = completion_chunk(cid, model, created, text, finish)
+    body["usage"] = usage(prompt_tokens, completion_tokens)
+    return body

@@ -1,0 +1,226 @@
+"""``quill serve``: an OpenAI-compatible API, the web page (chat + blind A/B arena) and the arena's votes.
+
+Why OpenAI's wire format, byte for byte: every client, notebook and UI already speaks it, so the official
+``openai`` package works unchanged against a poet on localhost. Streaming is plain server-sent events
+(``data: {json}\\n\\n`` … ``data: [DONE]``) written by a ``StreamingResponse``, which cancels the stream when
+the client disconnects; the job's cancel event then stops the model at the next token.
+
+Every error, including malformed JSON, validation failures and unexpected exceptions, is answered as
+``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status and no traceback.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from quill.generate import openai_schema as oa
+from quill.generate.arena import ArenaStore
+from quill.generate.engine import Engine, PromptTooLong
+from quill.generate.sampling import SamplingError
+from quill.generate.worker import ModelWorker, QueueFull, make_workers
+
+log = logging.getLogger("quill.serve")
+WEB = Path(__file__).parent / "web"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, oa.error_body(message, type_, param, code)
+
+
+def _error(status: int, message: str, **kw: Any) -> JSONResponse:
+    return JSONResponse(oa.error_body(message, **kw), status_code=status)
+
+
+def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, api_key: str | None = None,
+               max_queue: int = 32) -> FastAPI:
+    """The whole service for already-loaded engines (tests pass tiny ones; ``run_server`` loads runs)."""
+    app = FastAPI(title="quill", docs_url="/docs", redoc_url=None)
+    app.state.workers = workers = make_workers(engines, max_queue)
+    app.state.arena = ArenaStore(arena_db) if arena_db else None
+
+    # ------------------------------------------------------------------ errors and auth
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError):
+        return JSONResponse(err.body, status_code=err.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError):
+        first = err.errors()[0] if err.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        if first.get("type") == "json_invalid":
+            return _error(400, "the request body is not valid JSON", code="invalid_json")
+        msg = first.get("msg", "invalid request").removeprefix("Value error, ")
+        param = ".".join(loc) or None
+        return _error(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, err: StarletteHTTPException):
+        return _error(err.status_code, str(err.detail), type_="not_found" if err.status_code == 404 else "error")
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, err: Exception):
+        log.exception("internal error")
+        return _error(500, "internal server error (see the server log)", type_="server_error")
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and (request.url.path.startswith("/v1/") or request.url.path.startswith("/arena/")):
+            sent = request.headers.get("authorization", "")
+            token = sent[7:] if sent.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), api_key.encode()):
+                return _error(401, "missing or wrong API key (Authorization: Bearer KEY)",
+                              type_="authentication_error", code="invalid_api_key")
+        return await call_next(request)
+
+    def worker_for(name: str) -> ModelWorker:
+        if name not in workers:
+            raise ApiError(404, f"model {name!r} not found; available: {', '.join(workers)}", param="model",
+                           code="model_not_found")
+        return workers[name]
+
+    def submit(worker: ModelWorker, prompt_ids: list[int], overrides: dict[str, Any]):
+        engine = worker.engine
+        overrides = dict(overrides)
+        if overrides.get("max_new_tokens") and overrides["max_new_tokens"] > engine.context_length:
+            raise ApiError(400, f"max_tokens: must be <= {engine.context_length} (the model's context)",
+                           param="max_tokens", code="invalid_value")
+        try:
+            params = engine.params(**overrides)
+            if overrides.get("seed") is None:  # as OpenAI: no seed, a different answer each time
+                params = params.with_(seed=None)
+            return worker.submit(prompt_ids, params)
+        except SamplingError as err:
+            raise ApiError(400, str(err), param=err.param, code="invalid_value") from None
+        except PromptTooLong as err:
+            raise ApiError(400, str(err), param="messages", code="context_length_exceeded") from None
+        except QueueFull as err:
+            raise ApiError(429, str(err), type_="rate_limit_error", code="queue_full") from None
+
+    # ------------------------------------------------------------------ OpenAI API
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "quill",
+                                            "context_length": w.engine.context_length} for n, w in workers.items()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: oa.ChatRequest):
+        worker = worker_for(req.model)
+        messages = [m.as_quill() for m in req.messages]
+        try:
+            prompt_ids = worker.engine.chat_prompt(messages)
+        except ValueError as err:
+            raise ApiError(400, str(err), param="messages") from None
+        job = submit(worker, prompt_ids, req.sampling())
+        cid, created = oa.new_id("chatcmpl"), oa.now()
+        if not req.stream:
+            text = await job.text()
+            r = job.result
+            return oa.chat_response(cid, req.model, created, text, r.finish_reason, r.prompt_tokens,
+                                    r.completion_tokens)
+
+        async def events() -> AsyncIterator[str]:
+            yield _sse(oa.chat_chunk(cid, req.model, created, {"role": "assistant", "content": ""}))
+            async for delta in job:
+                yield _sse(oa.chat_chunk(cid, req.model, created, {"content": delta}))
+            r = job.result
+            yield _sse(oa.chat_chunk(cid, req.model, created, {}, r.finish_reason))
+            if req.include_usage:
+                yield _sse({**oa.chat_chunk(cid, req.model, created, {}), "choices": [],
+                            "usage": oa.usage(r.prompt_tokens, r.completion_tokens)})
+            yield "data: [DONE]\n\n"
+        return _stream(events())
+
+    @app.post("/v1/completions")
+    async def completions(req: oa.CompletionRequest):
+        worker = worker_for(req.model)
+        job = submit(worker, worker.engine.text_prompt(req.text), req.sampling())
+        cid, created = oa.new_id("cmpl"), oa.now()
+        if not req.stream:
+            text = await job.text()
+            r = job.result
+            return oa.completion_response(cid, req.model, created, text, r.finish_reason, r.prompt_tokens,
+                                          r.completion_tokens)
+
+        async def events() -> AsyncIterator[str]:
+            async for delta in job:
+                yield _sse(oa.completion_chunk(cid, req.model, created, delta))
+            yield _sse(oa.completion_chunk(cid, req.model, created, "", job.result.finish_reason))
+            yield "data: [DONE]\n\n"
+        return _stream(events())
+
+    # ------------------------------------------------------------------ arena and web page
+    from quill.generate.arena_api import add_arena_routes
+    add_arena_routes(app, worker_for, submit, ApiError)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return FileResponse(WEB / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.mount("/web", StaticFiles(directory=WEB), name="web")
+    return app
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _stream(events: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+# ---------------------------------------------------------------------------- CLI entry
+def parse_specs(runs: list[str]) -> list[tuple[str, str]]:
+    """``NAME=PATH`` or ``PATH`` -> (name, spec); default name: the folder's name (a run's ``model`` folder is
+    named after its stage's run) or the preset; clashes get ``-2``, ``-3``."""
+    out: list[tuple[str, str]] = []
+    for item in runs:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or Path(item).exists():
+            spec = item
+            path = Path(item).expanduser()
+            name = (path.resolve().parent.parent.name if path.name == "model" else path.resolve().name) \
+                if path.is_dir() else item
+        base, i = name, 2
+        while name in {n for n, _ in out}:
+            name, i = f"{base}-{i}", i + 1
+        out.append((name, spec))
+    return out
+
+
+def default_arena_db(specs: list[tuple[str, str]]) -> Path:
+    first = Path(specs[0][1]).expanduser()
+    return (first / "arena.sqlite") if first.is_dir() else Path("arena.sqlite")
+
+
+def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+               arena_db: str | None = None) -> int:
+    import uvicorn
+    specs = parse_specs(runs)
+    loaded: dict[str, Engine] = {}
+    engines: dict[str, Engine] = {}
+    for name, spec in specs:
+        key = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
+        if key not in loaded:
+            print(f"loading {name} from {spec} …", flush=True)
+            loaded[key] = Engine.load(spec, name=name)
+        engines[name] = loaded[key]
+    db = Path(arena_db) if arena_db else default_arena_db(specs)
+    app = create_app(engines, arena_db=db, api_key=api_key)
+    if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", flush=True)
+    print(f"quill: serving {', '.join(engines)} on http://{host}:{port}/  (arena votes: {db})", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
+    return 0

@@ -1,0 +1,186 @@
+"""The generation engine against transformers' own generate, plus its streaming, stopping and cancel rules."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from quill.generate.engine import Detokenizer, Engine, PromptTooLong
+from quill.generate.sampling import SamplingError, SamplingParams, apply_repetition_penalty, sample_next
+
+MSG = [{"role": "user", "content": "Write a poem about the sea and the sky"}]
+
+
+def make_engine(fixture, **kw) -> Engine:
+    model, tokenizer, template = fixture
+    return Engine(model, tokenizer, template, name="tiny", context_length=kw.pop("context_length", 512),
+                  generation={"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 16,
+                              "seed": 0}, fast=False, **kw)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llama):
+    return make_engine(tiny_llama)
+
+
+def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0) -> list[int]:
+    out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                repetition_penalty=penalty, pad_token_id=engine.pad_id)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("penalty", [1.0, 1.3])
+def test_greedy_matches_transformers_generate(engine, penalty):
+    ids = engine.chat_prompt(MSG)
+    ours = engine.generate(ids, engine.params(temperature=0, repetition_penalty=penalty, max_new_tokens=12))
+    theirs = hf_greedy(engine, ids, 12, penalty)
+    stop = next((i for i, t in enumerate(theirs) if t in engine.stop_ids), len(theirs))
+    assert ours.token_ids == theirs[:stop]
+
+
+def test_batch_rows_match_single_generation(tiny_llama, tiny_gpt2):
+    """Left padding with position ids from each row's first real token: greedy rows equal batch-1 runs."""
+    for fixture in (tiny_llama, tiny_gpt2):
+        e = make_engine(fixture)
+        prompts = [e.chat_prompt(MSG), e.text_prompt("The sea is blue, the sky is red"), e.text_prompt("Night")]
+        p = e.params(temperature=0, max_new_tokens=8)
+        batch = e.generate_batch(prompts, p)
+        for prompt, row in zip(prompts, batch):
+            single = e.generate(prompt, p)
+            assert row.token_ids == single.token_ids
+            assert row.text == single.text and row.finish_reason == single.finish_reason
+            assert row.prompt_tokens == len(prompt)
+
+
+def test_stream_deltas_add_up_to_the_text(engine):
+    stream = engine.stream(engine.chat_prompt(MSG), engine.params(max_new_tokens=24, seed=3))
+    deltas = list(stream)
+    r = stream.result
+    assert "".join(deltas) == r.text == engine.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+    assert r.completion_tokens == len(r.token_ids) <= 24 and r.finish_reason in ("stop", "length")
+    assert r.time_to_first_token is not None and r.seconds >= r.time_to_first_token
+
+
+def test_seed_makes_sampling_reproducible(engine):
+    ids = engine.chat_prompt(MSG)
+    a = engine.generate(ids, engine.params(seed=7, temperature=1.5, top_p=1.0, max_new_tokens=12))
+    b = engine.generate(ids, engine.params(seed=7, temperature=1.5, top_p=1.0, max_new_tokens=12))
+    c = engine.generate(ids, engine.params(seed=8, temperature=1.5, top_p=1.0, max_new_tokens=12))
+    assert a.token_ids == b.token_ids != c.token_ids
+
+
+def test_detokenizer_never_breaks_multibyte_characters(gpt2_tokenizer):
+    text = "Sea 🌊 and sky — ça, 海と空 ✨ end"
+    ids = gpt2_tokenizer(text, add_special_tokens=False)["input_ids"]
+    detok = Detokenizer(gpt2_tokenizer)
+    deltas = [detok.push(i) for i in ids] + [detok.flush()]
+    assert "".join(deltas) == text
+    assert not any("\ufffd" in d for d in deltas)
+    assert len([d for d in deltas if d]) > 5  # it streamed, not one chunk at the end
+
+
+def test_stop_token_ends_with_finish_reason_stop(tiny_llama):
+    e = make_engine(tiny_llama)
+    ids = e.chat_prompt(MSG)
+    p = e.params(temperature=0, max_new_tokens=10, repetition_penalty=1.0)
+    first = e.generate(ids, p).token_ids
+    e.stop_ids = {first[3]}  # pretend the 4th greedy token is the end-of-turn
+    r = e.generate(ids, p)
+    assert r.finish_reason == "stop" and r.token_ids == first[:first.index(first[3])]
+    e.stop_ids = set()
+    assert e.generate(ids, p).finish_reason == "length"
+
+
+def test_cancel_stops_generation(engine):
+    cancel = threading.Event()
+    stream = engine.stream(engine.chat_prompt(MSG), engine.params(max_new_tokens=200, temperature=0), cancel=cancel)
+    for i, _ in enumerate(stream):
+        if i == 2:
+            cancel.set()
+    assert stream.result.finish_reason == "cancelled" and stream.result.completion_tokens < 10
+    calls = []
+    r = engine.generate(engine.chat_prompt(MSG), engine.params(max_new_tokens=50), cancel=lambda: calls.append(1) or True)
+    assert r.finish_reason == "cancelled" and r.completion_tokens == 1 and calls == [1]
+
+
+def test_context_window_is_respected(tiny_llama):
+    e = make_engine(tiny_llama, context_length=40)
+    ids = e.text_prompt("word " * 30)
+    r = e.generate(ids, e.params(max_new_tokens=100, temperature=0))
+    assert len(ids) + r.completion_tokens <= 40
+    with pytest.raises(PromptTooLong, match="context window"):
+        e.stream(e.text_prompt("word " * 60))
+    with pytest.raises(PromptTooLong):
+        e.stream([])
+
+
+def test_sampling_settings_are_validated():
+    with pytest.raises(SamplingError) as err:
+        SamplingParams(temperature=6)
+    assert err.value.param == "temperature"
+    for bad in [dict(top_p=0), dict(top_k=-1), dict(max_new_tokens=0), dict(repetition_penalty=0),
+                dict(seed=-1), dict(top_k=1.5)]:
+        with pytest.raises(SamplingError):
+            SamplingParams(**bad)
+    with pytest.raises(SamplingError, match="unknown"):
+        SamplingParams.from_settings({}, temprature=1.0)
+    p = SamplingParams.from_settings({"temperature": 0.7, "top_p": 0.95, "unrelated": 1}, temperature=None, top_k=5)
+    assert (p.temperature, p.top_p, p.top_k) == (0.7, 0.95, 5)
+
+
+def test_repetition_penalty_matches_transformers():
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+    torch.manual_seed(0)
+    logits, ids = torch.randn(2, 50), torch.randint(0, 50, (2, 12))
+    seen = torch.zeros(2, 50, dtype=torch.bool).scatter_(1, ids, True)
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(ids, logits.clone())
+    assert torch.allclose(apply_repetition_penalty(logits, seen, 1.3), expected)
+
+
+def test_top_k_and_top_p_keep_the_same_tokens_as_transformers():
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1000) * 3
+    g = torch.Generator().manual_seed(0)
+    for params, warper in [(SamplingParams(temperature=1, top_p=0.9, top_k=0), TopPLogitsWarper(0.9)),
+                           (SamplingParams(temperature=1, top_p=1.0, top_k=20), TopKLogitsWarper(20)),
+                           (SamplingParams(temperature=1, top_p=0.3, top_k=0), TopPLogitsWarper(0.3))]:
+        allowed = set(torch.nonzero(warper(None, logits.clone())[0] > -float("inf")).flatten().tolist())
+        drawn = {int(sample_next(logits, params, g)[0]) for _ in range(300)}
+        assert drawn <= allowed and len(drawn) > min(3, len(allowed) - 1)
+    assert int(sample_next(logits, SamplingParams(temperature=0), g)[0]) == int(logits.argmax())
+
+
+@pytest.mark.slow
+def test_compiled_decoder_matches_eager(tiny_llama):
+    """Static cache + torch.compile (the GPU fast path) gives the same greedy tokens as the eager loop."""
+    eager = make_engine(tiny_llama)
+    model, tokenizer, template = tiny_llama
+    compiled = Engine(model, tokenizer, template, name="tiny", context_length=512, fast="compile")
+    assert compiled.decoder.kind == "compiled" and eager.decoder.kind == "eager"
+    for prompt in (eager.chat_prompt(MSG), eager.text_prompt("The sea is blue")):
+        p = eager.params(temperature=0, max_new_tokens=10)
+        assert compiled.generate(prompt, p).token_ids == eager.generate(prompt, p).token_ids
+    long_prompt = eager.text_prompt("word " * 100)  # past the static cache: served by the eager fallback
+    compiled.decoder.max_len = 64
+    p = eager.params(temperature=0, max_new_tokens=5)
+    assert compiled.generate(long_prompt, p).token_ids == eager.generate(long_prompt, p).token_ids
+
+
+def test_int8_weights_stay_close_to_the_model(tiny_llama):
+    """The opt-in int8 path: every Linear replaced, logits within a few percent, generation still works."""
+    import copy
+
+    from quill.generate.fast import Int8Linear, quantize_int8
+    model, tokenizer, template = tiny_llama
+    q = copy.deepcopy(model)
+    n = quantize_int8(q)
+    assert n == sum(isinstance(m, Int8Linear) for m in q.modules()) > 0
+    ids = torch.tensor([tokenizer("The sea is blue, the sky is red")["input_ids"]])
+    with torch.inference_mode():
+        ref, got = model(ids).logits, q(ids).logits
+    assert (got - ref).norm() / ref.norm() < 0.05
+    e = Engine(q, tokenizer, template, name="tiny8", context_length=512, fast=False)
+    r = e.generate(e.chat_prompt(MSG), e.params(max_new_tokens=5))
+    assert r.completion_tokens <= 5 and r.finish_reason in ("stop", "length")
