@@ -84,13 +84,14 @@ def parse_tags(value: object) -> list[str]:
         if text.startswith("["):
             try:
                 value = json.loads(text)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 value = text.strip("[]").replace("'", "").split(",")
         else:
             value = re.split(r"[,;|]", text)
     if not isinstance(value, (list, tuple)):
         value = [value]
-    tags = [normalise_field(v) for v in value]
+    # a tag is a scalar: nested lists/objects (a hostile JSON string can nest hundreds deep) are not tags
+    tags = [normalise_field(v) for v in value if not isinstance(v, (list, tuple, dict))]
     return list(dict.fromkeys(t for t in tags if t))
 
 

@@ -75,7 +75,7 @@ def parse_messages(value: object) -> tuple[list[dict] | None, str | None]:
     if isinstance(value, str):
         try:
             value = json.loads(value)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: a hostile, deeply nested value
             return None, "bad_messages"
     if not isinstance(value, list) or not value:
         return None, "bad_messages"
@@ -83,7 +83,8 @@ def parse_messages(value: object) -> tuple[list[dict] | None, str | None]:
     for item in value:
         if not isinstance(item, dict):
             return None, "bad_messages"
-        role = str(item.get("role", item.get("from", ""))).strip().lower()
+        role = item.get("role", item.get("from", ""))
+        role = role.strip().lower() if isinstance(role, str) else None  # never str() a hostile nested value
         content = item.get("content", item.get("value"))
         if role not in _SHAREGPT_ROLES or not isinstance(content, str):
             return None, "bad_messages"

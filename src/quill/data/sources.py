@@ -191,7 +191,10 @@ def _read_parquet(path: Path, max_rows: int | None) -> tuple[list[dict], list[st
         raise DataError(f"{path}: not a readable Parquet file: {_one_line(err)}") from None
     if max_rows is not None:
         df = df.head(max_rows)
-    return [{k: plain(v) for k, v in rec.items()} for rec in df.to_dict("records")], [str(c) for c in df.columns]
+    records = df.to_dict("records")
+    for number, rec in enumerate(records, start=1):
+        _check_depth(rec, path, f"row {number}: ")
+    return [{k: plain(v) for k, v in rec.items()} for rec in records], [str(c) for c in df.columns]
 
 
 def _read_jsonl(path: Path, max_rows: int | None, skipped: Counter) -> tuple[list[dict], list[str]]:
@@ -206,7 +209,10 @@ def _read_jsonl(path: Path, max_rows: int | None, skipped: Counter) -> tuple[lis
             obj = json.loads(line)
         except json.JSONDecodeError as err:
             raise DataError(f"{path}: line {number}: not valid JSON: {err.msg} (column {err.colno})") from None
+        except RecursionError:  # json recurses per nesting level: a hostile file could crash the reader
+            raise DataError(f"{path}: line {number}: JSON nested too deeply") from None
         if isinstance(obj, dict):
+            _check_depth(obj, path, f"line {number}: ")
             records.append(obj)
         else:
             skipped["not_an_object"] += 1
@@ -222,6 +228,9 @@ def _read_json(path: Path, max_rows: int | None, skipped: Counter) -> list[dict]
         obj = json.loads(text)
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: line {err.lineno}: not valid JSON: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deeply") from None
+    _check_depth(obj, path)
     if isinstance(obj, dict) and obj and all(k in SPLIT_NAMES and isinstance(v, list) for k, v in obj.items()):
         return {k: _objects(v, skipped)[:max_rows] if max_rows else _objects(v, skipped) for k, v in obj.items()}
     if not isinstance(obj, list):
@@ -283,6 +292,23 @@ def split_poems(text: str) -> list[str]:
     """Cut a text file into poems at ``---`` lines or at 2+ blank lines (see :func:`read_txt`)."""
     text = "\n" + re.sub(r"\r*\n|\r", "\n", text) + "\n"
     return [chunk.strip("\n") for chunk in _SEPARATOR.split(text) if chunk.strip()]
+
+
+MAX_DEPTH = 64  # lists/objects nested deeper than this are refused: later steps (plain(), str()) recurse per level
+
+
+def _check_depth(obj, path: Path, where: str = "") -> None:
+    """A DataError for values nested deeper than :data:`MAX_DEPTH` (iterative: never recurses itself)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DataError(f"{path}: {where}value nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, (dict, list)))
+        elif isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)
+                                                  and getattr(value, "ndim", 0)):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list, tuple)) or getattr(v, "ndim", 0))
 
 
 def _columns_of(records: list[dict]) -> list[str]:

@@ -7,12 +7,17 @@ the client disconnects; the job's cancel event then stops the model at the next 
 
 Every error, including malformed JSON, validation failures and unexpected exceptions, is answered as
 ``{"error": {"message", "type", "param", "code"}}`` with a 4xx/5xx status and no traceback.
+
+Limits (body size and read time, prompt length, ``max_tokens``, concurrent generations, generation time) are
+in :mod:`quill.generate.limits`; a non-streaming client that goes away cancels its generation too.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -25,6 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from quill.generate import openai_schema as oa
 from quill.generate.arena import ArenaStore
 from quill.generate.engine import Engine, PromptTooLong
+from quill.generate.limits import BodyLimit, ServeLimits
 from quill.generate.sampling import SamplingError
 from quill.generate.worker import ModelWorker, QueueFull, make_workers
 
@@ -44,10 +50,14 @@ def _error(status: int, message: str, **kw: Any) -> JSONResponse:
 
 
 def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, api_key: str | None = None,
-               max_queue: int = 32) -> FastAPI:
-    """The whole service for already-loaded engines (tests pass tiny ones; ``run_server`` loads runs)."""
+               max_queue: int | None = None, limits: ServeLimits | None = None) -> FastAPI:
+    """The whole service for already-loaded engines (tests pass tiny ones; ``run_server`` loads runs).
+    ``max_queue`` (kept for callers that set only that) overrides ``limits.max_concurrent``."""
+    limits = limits or ServeLimits()
     app = FastAPI(title="quill", docs_url="/docs", redoc_url=None)
-    app.state.workers = workers = make_workers(engines, max_queue)
+    app.state.limits = limits
+    app.state.workers = workers = make_workers(engines, max_queue or limits.max_concurrent)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
     app.state.arena = ArenaStore(arena_db) if arena_db else None
 
     # ------------------------------------------------------------------ errors and auth
@@ -93,6 +103,12 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
     def submit(worker: ModelWorker, prompt_ids: list[int], overrides: dict[str, Any]):
         engine = worker.engine
         overrides = dict(overrides)
+        if limits.max_prompt_tokens is not None and len(prompt_ids) > limits.max_prompt_tokens:
+            raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens; this server allows "
+                           f"{limits.max_prompt_tokens}", param="messages", code="context_length_exceeded")
+        if overrides.get("max_new_tokens") and overrides["max_new_tokens"] > limits.max_tokens:
+            raise ApiError(400, f"max_tokens: must be <= {limits.max_tokens} (this server's limit)",
+                           param="max_tokens", code="invalid_value")
         if overrides.get("max_new_tokens") and overrides["max_new_tokens"] > engine.context_length:
             raise ApiError(400, f"max_tokens: must be <= {engine.context_length} (the model's context)",
                            param="max_tokens", code="invalid_value")
@@ -108,16 +124,53 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
         except QueueFull as err:
             raise ApiError(429, str(err), type_="rate_limit_error", code="queue_full") from None
 
+    # ------------------------------------------------------------------ time limits and vanished clients
+    async def collect(job, request: Request) -> str | None:
+        """A non-streaming job's whole text. Past ``generation_timeout_s`` the job is stopped and its text so far
+        is the answer; a client that went away cancels the job (None), so it stops holding the model."""
+        task = asyncio.ensure_future(job.text())
+        deadline = time.monotonic() + limits.generation_timeout_s
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if done:
+                    return task.result()
+                if time.monotonic() > deadline:
+                    job.cancel.set()  # the engine stops at the next token; what it made is the answer
+                    return await task
+                if await request.is_disconnected():
+                    job.cancel.set()
+                    await asyncio.wait({task}, timeout=5)
+                    return None
+        finally:
+            if not task.done():
+                task.cancel()
+
+    async def timed(job) -> AsyncIterator[str]:
+        """A streaming job's deltas, stopped past ``generation_timeout_s`` (the stream then ends normally)."""
+        deadline = time.monotonic() + limits.generation_timeout_s
+        async for delta in job:
+            yield delta
+            if time.monotonic() > deadline:
+                job.cancel.set()
+
     # ------------------------------------------------------------------ OpenAI API
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "quill",
                                             "context_length": w.engine.context_length} for n, w in workers.items()]}
 
+    def check_chars(n: int, param: str) -> None:
+        """Checked before tokenizing: a huge prompt costs its tokenization even when it is refused after."""
+        if n > limits.max_prompt_chars:
+            raise ApiError(400, f"the prompt is {n} characters; this server allows {limits.max_prompt_chars}",
+                           param=param, code="context_length_exceeded")
+
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: oa.ChatRequest):
+    async def chat_completions(req: oa.ChatRequest, request: Request):
         worker = worker_for(req.model)
         messages = [m.as_quill() for m in req.messages]
+        check_chars(sum(len(m["content"]) for m in messages), "messages")
         try:
             prompt_ids = worker.engine.chat_prompt(messages)
         except ValueError as err:
@@ -125,17 +178,19 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
         job = submit(worker, prompt_ids, req.sampling())
         cid, created = oa.new_id("chatcmpl"), oa.now()
         if not req.stream:
-            text = await job.text()
+            text = await collect(job, request)
+            if text is None:
+                return _error(499, "client closed the request", code="client_closed")
             r = job.result
-            return oa.chat_response(cid, req.model, created, text, r.finish_reason, r.prompt_tokens,
+            return oa.chat_response(cid, req.model, created, text, _finish(r), r.prompt_tokens,
                                     r.completion_tokens)
 
         async def events() -> AsyncIterator[str]:
             yield _sse(oa.chat_chunk(cid, req.model, created, {"role": "assistant", "content": ""}))
-            async for delta in job:
+            async for delta in timed(job):
                 yield _sse(oa.chat_chunk(cid, req.model, created, {"content": delta}))
             r = job.result
-            yield _sse(oa.chat_chunk(cid, req.model, created, {}, r.finish_reason))
+            yield _sse(oa.chat_chunk(cid, req.model, created, {}, _finish(r)))
             if req.include_usage:
                 yield _sse({**oa.chat_chunk(cid, req.model, created, {}), "choices": [],
                             "usage": oa.usage(r.prompt_tokens, r.completion_tokens)})
@@ -143,20 +198,23 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
         return _stream(events())
 
     @app.post("/v1/completions")
-    async def completions(req: oa.CompletionRequest):
+    async def completions(req: oa.CompletionRequest, request: Request):
         worker = worker_for(req.model)
+        check_chars(len(req.text), "prompt")
         job = submit(worker, worker.engine.text_prompt(req.text), req.sampling())
         cid, created = oa.new_id("cmpl"), oa.now()
         if not req.stream:
-            text = await job.text()
+            text = await collect(job, request)
+            if text is None:
+                return _error(499, "client closed the request", code="client_closed")
             r = job.result
-            return oa.completion_response(cid, req.model, created, text, r.finish_reason, r.prompt_tokens,
+            return oa.completion_response(cid, req.model, created, text, _finish(r), r.prompt_tokens,
                                           r.completion_tokens)
 
         async def events() -> AsyncIterator[str]:
-            async for delta in job:
+            async for delta in timed(job):
                 yield _sse(oa.completion_chunk(cid, req.model, created, delta))
-            yield _sse(oa.completion_chunk(cid, req.model, created, "", job.result.finish_reason))
+            yield _sse(oa.completion_chunk(cid, req.model, created, "", _finish(job.result)))
             yield "data: [DONE]\n\n"
         return _stream(events())
 
@@ -170,6 +228,11 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
 
     app.mount("/web", StaticFiles(directory=WEB), name="web")
     return app
+
+
+def _finish(result) -> str:
+    """OpenAI's finish reasons: a generation stopped by the time limit ends like one cut by max_tokens."""
+    return "length" if result.finish_reason == "cancelled" else result.finish_reason
 
 
 def _sse(obj: dict) -> str:
@@ -206,7 +269,7 @@ def default_arena_db(specs: list[tuple[str, str]]) -> Path:
 
 
 def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               arena_db: str | None = None) -> int:
+               arena_db: str | None = None, limits: ServeLimits | None = None) -> int:
     import uvicorn
     specs = parse_specs(runs)
     loaded: dict[str, Engine] = {}
@@ -218,7 +281,7 @@ def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_k
             loaded[key] = Engine.load(spec, name=name)
         engines[name] = loaded[key]
     db = Path(arena_db) if arena_db else default_arena_db(specs)
-    app = create_app(engines, arena_db=db, api_key=api_key)
+    app = create_app(engines, arena_db=db, api_key=api_key, limits=limits)
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", flush=True)
     print(f"quill: serving {', '.join(engines)} on http://{host}:{port}/  (arena votes: {db})", flush=True)

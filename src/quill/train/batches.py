@@ -8,13 +8,16 @@ Everything after that — packing, batching, the loss — is shared.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
 
+from quill.data.cache import cached, load_sequences, save_sequences, tokenizer_fingerprint
 from quill.data.pack import IGNORE_INDEX, Example, Sequence, make_batches, pack_examples, unpacked
-from quill.data.template import encode_text
+from quill.data.template import encode_texts
 
 
 @dataclass
@@ -38,12 +41,14 @@ def encode_examples(kind: str, records: list[dict], tokenizer, template, max_len
     out: list[Example] = []
     if kind == "poems":
         eos = tokenizer.eos_token_id
-        for rec in records:
-            ids = encode_text(tokenizer, rec["text"]) + [eos]
-            if len(ids) < 2:
-                skipped["empty_after_tokenizing"] += 1
-                continue
-            out.append(Example(ids, list(ids)))
+        for start in range(0, len(records), 1024):  # in batches: a fast tokenizer encodes a batch in parallel
+            chunk = [rec["text"] for rec in records[start:start + 1024]]
+            for ids in encode_texts(tokenizer, chunk):
+                ids = ids + [eos]
+                if len(ids) < 2:
+                    skipped["empty_after_tokenizing"] += 1
+                    continue
+                out.append(Example(ids, list(ids)))
     elif kind == "instructions":
         for rec in records:
             enc = template.encode_example(tokenizer, rec["messages"], max_length)
@@ -57,10 +62,27 @@ def encode_examples(kind: str, records: list[dict], tokenizer, template, max_len
 
 
 def encode_split(kind: str, records: list[dict], tokenizer, template, block_size: int, packing: bool,
-                 seed: int = 0) -> Encoded:
-    examples, skipped = encode_examples(kind, records, tokenizer, template, block_size)
-    seqs = pack_examples(examples, block_size, seed) if packing else unpacked(examples, block_size)
-    return Encoded(seqs, skipped, len(examples))
+                 seed: int = 0, cache: bool = True) -> Encoded:
+    """Tokenized, packed sequences of one split; cached on disk, keyed by everything they depend on
+    (the records' content, tokenizer, template, block size, packing, seed), so a second run skips the work."""
+    def build() -> Encoded:
+        examples, skipped = encode_examples(kind, records, tokenizer, template, block_size)
+        seqs = pack_examples(examples, block_size, seed) if packing else unpacked(examples, block_size)
+        return Encoded(seqs, skipped, len(examples))
+
+    if not cache or not records:
+        return build()
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    key = {"what": "encoded-split", "kind": kind, "records": digest, "tokenizer": tokenizer_fingerprint(tokenizer),
+           "template": template.to_dict(), "block_size": block_size, "packing": packing, "seed": seed}
+    return cached(key, build,
+                  save=lambda e, f: save_sequences(e.sequences, f, {"skipped": dict(e.skipped), "examples": e.examples}),
+                  load=_load_encoded)
+
+
+def _load_encoded(folder) -> Encoded:
+    seqs, meta = load_sequences(folder)
+    return Encoded(seqs, Counter(meta.get("skipped", {})), meta.get("examples", len(seqs)))
 
 
 def collate(seqs: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:

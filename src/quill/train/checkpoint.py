@@ -12,6 +12,7 @@ either the old or the new checkpoint whole — never a mix.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from quill.errors import RunError
 from quill.train.faults import fault_point
 from quill.train.runfolder import read_json, write_json_atomic
 
@@ -41,31 +43,56 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank
     """Every rank writes its RNG state into the temp folder; rank 0 writes the rest and renames it."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
+    old = folder.with_name(folder.name + ".old")
+    try:
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            fault_point("checkpoint:begin")
+        barrier()
+        save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
+        write_json_atomic(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
+        if rank == 0:
+            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+            fault_point("checkpoint:weights")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            fault_point("checkpoint:optimizer")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        barrier()
+        if rank == 0:
+            write_json_atomic(tmp / "state.json", {**state, "world_size": world})  # written last: marks complete
+            shutil.rmtree(old, ignore_errors=True)
+            if folder.exists():
+                os.replace(folder, old)
+            fault_point("checkpoint:rename")
+            os.replace(tmp, folder)
+    except BaseException as err:
+        # a full disk (or any write error): drop the partial temp folder, keep the previous checkpoint
+        # where find_checkpoint() looks for it, and say so in one line instead of a traceback
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if old.exists() and not folder.exists():
+                os.replace(old, folder)
+        if _disk_full(err):
+            raise RunError(f"no space left on device while saving checkpoint {folder}; the previous "
+                           "checkpoint is intact: free some space and `quill resume` the run") from None
+        if isinstance(err, OSError):
+            raise RunError(f"cannot save checkpoint {folder}: {err.strerror or err}") from None
+        raise
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        fault_point("checkpoint:begin")
-    barrier()
-    save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
-    write_json_atomic(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
-    if rank == 0:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        fault_point("checkpoint:weights")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        fault_point("checkpoint:optimizer")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    barrier()
-    if rank == 0:
-        write_json_atomic(tmp / "state.json", {**state, "world_size": world})  # written last: marks complete
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        fault_point("checkpoint:rename")
-        os.replace(tmp, folder)
         shutil.rmtree(old, ignore_errors=True)
         _fsync_dir(folder.parent)
     barrier()
+
+
+def _disk_full(err: BaseException) -> bool:
+    """ENOSPC as OSError, or as the text of the errors torch.save (RuntimeError: "file write failed") and
+    safetensors (SafetensorError: "StorageFull" / "os error 28") raise for it."""
+    if isinstance(err, OSError):
+        return err.errno == errno.ENOSPC
+    text = str(err)
+    return isinstance(err, Exception) and any(k in text for k in (
+        "No space left", "StorageFull", "os error 28", "code: 28", "file write failed"))
 
 
 def find_checkpoint(folder: Path) -> Path | None:
