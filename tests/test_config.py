@@ -68,6 +68,8 @@ def test_override_errors_are_clear():
         apply_override(raw, "stages.sft.train.lr=1")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         apply_override(raw, "stages.dapt.train.lr")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        apply_override(raw, "name=!!python/name:os.system")
     with pytest.raises(ConfigError, match=r"stages\[0\]\.train\.lr: must be > 0"):
         load_config(TINY, ["stages.dapt.train.lr=-1"])
 

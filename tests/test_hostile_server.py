@@ -22,6 +22,7 @@ import pytest
 
 from quill.generate.engine import Engine
 from quill.generate.live import serve_in_thread
+from tests_support import run_async
 from quill.generate.server import create_app
 
 GEN = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 12, "seed": 0}
@@ -37,24 +38,6 @@ def tiny_engine(fixture, name: str, delay: float = 0.0) -> Engine:
         step = engine.decoder.step
         engine.decoder.step = lambda token: (time.sleep(delay), step(token))[1]
     return engine
-
-
-def run_async(coro_fn, timeout: float):
-    """``asyncio.run(coro_fn())`` in a fresh thread; returns its result or raises its error."""
-    box: dict = {}
-
-    def target():
-        try:
-            box["result"] = asyncio.run(asyncio.wait_for(coro_fn(), timeout))
-        except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
-            box["error"] = err
-    t = threading.Thread(target=target, daemon=True)
-    t.start()
-    t.join(timeout + 10)
-    if "error" in box:
-        raise box["error"]
-    assert "result" in box, "the async client did not finish"
-    return box["result"]
 
 
 def rss_mb() -> float:

@@ -14,6 +14,7 @@ from quill.generate.arena import results as arena_results
 from quill.generate.engine import Engine
 from quill.generate.live import serve_in_thread
 from quill.generate.server import create_app, parse_specs
+from tests_support import run_async
 
 GEN = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 16, "seed": 0}
 
@@ -122,7 +123,7 @@ def test_twenty_concurrent_streams_all_complete(server):
         async with httpx.AsyncClient(base_url=server["url"], timeout=120) as client:
             return await asyncio.gather(*(one(client, i) for i in range(20)))
 
-    bodies = asyncio.run(main())
+    bodies = run_async(main, 120)
     assert len(bodies) == 20 and all(b.endswith("data: [DONE]\n\n") for b in bodies)
     assert httpx.get(server["url"] + "/v1/models").status_code == 200
 
@@ -154,7 +155,7 @@ def test_queue_limit_answers_429(tiny_llama):
             return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(5)))
 
     with serve_in_thread(app) as url:
-        codes = sorted(r.status_code for r in asyncio.run(main(url)))
+        codes = sorted(r.status_code for r in run_async(lambda: main(url), 60))
         assert codes.count(200) >= 2 and 429 in codes and set(codes) <= {200, 429}
         r = httpx.post(url + "/v1/chat/completions", json={"model": "slow", "max_tokens": 2,
                                                           "messages": [{"role": "user", "content": "x"}]})

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=os.environ.get("QUILL_API_KEY"), help="require this bearer key")
     p.add_argument("--arena-db", help="SQLite file for arena votes (default: in the first run folder)")
+    g = p.add_argument_group("limits (a request beyond one gets a 4xx)")
+    g.add_argument("--max-body-bytes", type=int, default=1_000_000)
+    g.add_argument("--max-prompt-chars", type=int, default=32_000)
+    g.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
+    g.add_argument("--max-concurrent", type=int, default=32, help="queued + running generations per model (429 beyond)")
+    g.add_argument("--generation-timeout", type=float, default=300.0, help="seconds before a generation is cut")
     p = sub.add_parser("arena", help="arena results")
     asub = p.add_subparsers(dest="arena_verb", metavar="ACTION")
     p = asub.add_parser("results", help="win rates per pair of models")
@@ -133,8 +139,13 @@ def dispatch(args) -> int | None:
         from quill.generate.chat import run_chat
         return run_chat(args.run, **_sampling(args))
     if verb == "serve":
+        from quill.generate.limits import ServeLimits
         from quill.generate.server import run_server
-        return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db)
+        limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
+                             max_tokens=args.max_tokens, max_concurrent=args.max_concurrent,
+                             generation_timeout_s=args.generation_timeout)
+        return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db,
+                          limits=limits)
     if verb == "arena":
         from quill.generate.arena import print_results
         return print_results(args.db)

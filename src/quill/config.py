@@ -218,7 +218,10 @@ def apply_override(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment}: expected KEY=VALUE")
     key, value_text = assignment.split("=", 1)
-    value = yaml.safe_load(value_text) if value_text.strip() else None
+    try:
+        value = yaml.safe_load(value_text) if value_text.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: value is not valid YAML ({str(err).splitlines()[0]})") from None
     parts = [p for p in key.replace("[", ".").replace("]", "").split(".") if p]
     node: Any = raw
     for i, part in enumerate(parts):

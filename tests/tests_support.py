@@ -1,0 +1,26 @@
+"""Helpers shared by tests (imported as a module: pytest puts tests/ on sys.path)."""
+from __future__ import annotations
+
+import asyncio
+import threading
+
+
+def run_async(coro_fn, timeout: float):
+    """``asyncio.run(coro_fn())`` in a fresh thread; returns its result or raises its error.
+
+    A thread of its own because Playwright's sync API (the browser test) leaves an event loop running in
+    the main thread for the rest of the session, and ``asyncio.run`` refuses to start inside it."""
+    box: dict = {}
+
+    def target():
+        try:
+            box["result"] = asyncio.run(asyncio.wait_for(coro_fn(), timeout))
+        except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
+            box["error"] = err
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout + 10)
+    if "error" in box:
+        raise box["error"]
+    assert "result" in box, "the async client did not finish"
+    return box["result"]
