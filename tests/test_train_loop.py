@@ -1,0 +1,38 @@
+"""Units of the training loop that need no model: step planning, early stopping, precision choice."""
+from types import SimpleNamespace
+
+import torch
+
+from quill.config import TrainConfig
+from quill.train.loop import _evaluate_and_maybe_stop, plan_steps, resolve_precision
+
+
+def test_plan_steps_counts_windows_across_processes():
+    cfg = TrainConfig(micro_batch=2, grad_accum=4, epochs=2)
+    assert plan_steps(33, cfg, world=1) == (9, 18)   # ceil(33 / 4) per epoch: the short last window is a step
+    assert plan_steps(33, cfg, world=2) == (5, 10)
+    assert plan_steps(33, TrainConfig(max_steps=7), world=1)[1] == 7
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement():
+    logged = []
+    run = SimpleNamespace(log=logged.append)
+    acc = SimpleNamespace(is_main_process=True, log=lambda *a, **k: None)
+    cfg = TrainConfig(early_stopping_patience=2)
+    state = {"step": 0, "best_val": None, "bad_evals": 0}
+    vals = iter([2.0, 1.5, 1.6, 1.55, 1.7])
+    stops = []
+    for _ in range(5):
+        state["step"] += 1
+        stops.append(_evaluate_and_maybe_stop(lambda loader: {"loss": next(vals)}, SimpleNamespace(name="s", val=None),
+                                              state, run, acc, cfg))
+    assert stops == [False, False, False, True, True]
+    assert state["best_val"] == 1.5
+    assert [r["val_loss"] for r in logged] == [2.0, 1.5, 1.6, 1.55, 1.7]
+
+
+def test_precision_choice():
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == torch.float32
+    assert resolve_precision("bf16", cpu) == torch.bfloat16
+    assert resolve_precision("auto", cpu) in (torch.float32, torch.bfloat16)
