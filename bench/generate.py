@@ -100,13 +100,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="rows for the batched column (1: skip it)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
-    p.add_argument("--engines", default="hf,eager,compiled,llama.cpp")
+    p.add_argument("--engines", default="hf,eager,compiled,llama.cpp", help="any of hf,eager,compiled,int8,llama.cpp")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default); llama.cpp uses the cores")
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
     import torch
     from quill.generate.engine import Engine
+    from quill.generate.fast import quantize_int8
     from quill.models import load_for_inference
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -124,6 +125,14 @@ def main() -> None:
             name = "transformers generate" if kind == "hf" else f"quill {kind}"
             configs[(name, dt)] = hf_runner(s.model, s.tokenizer) if kind == "hf" else quill_runner(eng)
             setup[(name, dt)] = round(time.perf_counter() - t, 1)
+        if "int8" in engines:  # opt-in int8 weights (QUILL_GEN_QUANT=int8): its own copy, quantized in place
+            t = time.perf_counter()
+            q = load_for_inference(args.model, dtype=dt)
+            quantize_int8(q.model)
+            eng = Engine(q.model, q.tokenizer, q.template, name=q.name, context_length=q.context_length, fast="eager")
+            ids = ids or eng.chat_prompt(PROMPT)
+            configs[("quill eager int8", dt)] = quill_runner(eng)
+            setup[("quill eager int8", dt)] = round(time.perf_counter() - t, 1)
     gguf = None
     if "llama.cpp" in engines and args.model == "smollm2-135m":
         try:

@@ -24,15 +24,6 @@ import torch
 log = logging.getLogger(__name__)
 
 
-def cpu_has_bf16() -> bool:
-    """AVX512-BF16 / AMX: bf16 matmuls run natively instead of being emulated (then fp32 is faster)."""
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def inference_dtype(dtype: Any = "auto") -> Any:
     """``auto``: what ``quill.models.resolve_dtype`` picks (bf16 on GPUs, fp32 on CPUs), unless
     ``QUILL_GEN_DTYPE`` says otherwise. On this project's 2-core AVX512-BF16 CPU, bf16 eager decoding was no
