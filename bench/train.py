@@ -79,7 +79,7 @@ def run_quill(args, texts) -> dict:
 
     total = args.warmup + args.steps
     tc = TrainConfig(micro_batch=args.micro_batch, grad_accum=args.grad_accum, block_size=args.seq_len,
-                     max_steps=total, precision=args.precision, log_every=1)
+                     max_steps=total, precision=args.precision, log_every=1, packing=not args.no_packing)
     model, tokenizer, template = models.load_base(ModelConfig(name=args.model))
     acc = Accelerator(cpu=not torch.cuda.is_available())
     amp = resolve_precision(tc.precision, acc.device)
@@ -216,6 +216,8 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--precision", default="auto", help="quill's train.precision (auto: its default)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (quill, baseline, ...)")
+    p.add_argument("--no-packing", action="store_true",
+                   help="quill with train.packing: false (length-grouped rows, long poems split, no attention mask)")
     p.add_argument("--baseline-bf16", action="store_true", help="also run the baseline with bf16=True")
     p.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/train.json)")

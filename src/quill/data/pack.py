@@ -85,12 +85,14 @@ def pack_examples(examples: list[Example], block_size: int, seed: int = 0) -> li
 
 
 def unpacked(examples: list[Example], block_size: int) -> list[Sequence]:
-    """One example per row (truncated to ``block_size``), for padded batches grouped by length."""
+    """One example per row, for padded batches grouped by length; an example longer than ``block_size`` is
+    cut into block-sized rows (as packing does), so no token of a long poem is lost."""
     out = []
     for ex in examples:
-        seq = Sequence()
-        seq.add(Example(ex.input_ids[:block_size], ex.labels[:block_size]))
-        out.append(seq)
+        for piece in split_long(ex, block_size):
+            seq = Sequence()
+            seq.add(piece)
+            out.append(seq)
     return out
 
 
