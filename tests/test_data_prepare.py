@@ -112,7 +112,7 @@ def test_format_report_histogram_and_percentiles():
 
 def test_inspect_prints_report_and_marked_examples(tmp_path, capsys):
     pytest.importorskip("quill.models")
-    from quill.data.inspect import run_inspect
+    from quill.inspect import run_inspect
     config = tmp_path / "c.yaml"
     config.write_text(f"""
 model: {{name: tiny-gpt2}}

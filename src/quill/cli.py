@@ -106,7 +106,7 @@ def _sampling(args) -> dict:
 def dispatch(args) -> int | None:
     verb = args.verb
     if verb == "data":
-        from quill.data.inspect import run_inspect
+        from quill.inspect import run_inspect
         return run_inspect(args.config, args.overrides, as_json=args.json, examples=args.examples, stage=args.stage)
     if verb == "train":
         from quill.train.pipeline import train_from_config

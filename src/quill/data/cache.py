@@ -27,14 +27,14 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from quill.data.pack import IGNORE_INDEX, Sequence
+from quill.paths import cache_home
 
 T = TypeVar("T")
 CACHE_VERSION = 1  # bump when the stored layout or the meaning of an entry changes
 
 
 def cache_root() -> Path:
-    root = os.environ.get("QUILL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quill"
-    return Path(root).expanduser() / "data"
+    return cache_home() / "data"
 
 
 def cache_key(key_parts: dict) -> str:

@@ -10,7 +10,7 @@ take a seeded (``data.split.seed``) sample of block positions spread over the wh
 corpus order, rather than the first N blocks (which are one book's front matter).
 
 Loading the pickle takes ~7 s and ~600 MB RSS, so the chosen passages are cached as a small Parquet
-file in the quill cache (``$QUILL_CACHE_DIR``, else ``$XDG_CACHE_HOME/quill``, else ``~/.cache/quill``),
+file in the quill cache (``quill.paths.cache_home()``: ``$QUILL_CACHE``, else ``~/.cache/quill``),
 keyed by the settings and the pickle's size and mtime; the second run reads only that file.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Iterable, Sequence
 from quill.config import DataConfig
 from quill.data.sources import UNSPLIT, SourceResult
 from quill.errors import DataError
+from quill.paths import cache_home
 
 CACHE_VERSION = 1
 
@@ -113,10 +114,7 @@ def group_lines(lines: Sequence[str], book_ids: Sequence | None, passage_lines: 
 
 # --------------------------------------------------------------------------- cache
 def cache_dir() -> Path:
-    if os.environ.get("QUILL_CACHE_DIR"):
-        return Path(os.environ["QUILL_CACHE_DIR"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "quill"
+    return cache_home()
 
 
 def _cache_file(pickle_path: Path, passage_lines: int, max_rows: int | None, seed: int) -> Path | None:

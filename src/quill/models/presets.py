@@ -26,6 +26,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from quill.errors import ModelError
+from quill.paths import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,7 @@ TINY_VERSION = "v1"  # bump when the tiny configs change, so old caches are not 
 
 def cache_dir() -> Path:
     """Where converted / built models live: ``$QUILL_CACHE/models`` or ``~/.cache/quill/models``."""
-    root = os.environ.get("QUILL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "quill"
-    return Path(root).expanduser() / "models"
+    return cache_home() / "models"
 
 
 def atomic_build(target: Path, build: Callable[[Path], None]) -> Path:

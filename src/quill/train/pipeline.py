@@ -159,7 +159,8 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     accelerator.wait_for_everyone()
     if lora and stage.adapter.merge and not accelerator.is_main_process:
         model = models.merge_adapter(model)
-    shutil.rmtree(run.checkpoint(stage.name), ignore_errors=True) if accelerator.is_main_process else None
+    if accelerator.is_main_process:  # the stage is saved whole: its resume state is no longer needed
+        shutil.rmtree(run.checkpoint(stage.name), ignore_errors=True)
     return model, lora and not stage.adapter.merge, result
 
 
