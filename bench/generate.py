@@ -8,7 +8,12 @@ run back to back, ``--rounds`` times interleaved; the table shows medians.
 - ``quill eager`` / ``quill compiled``: ``quill.generate.engine.Engine`` with the eager decoder and with the
   static-cache + ``torch.compile`` decoder (what ``Engine.load`` picks by default), fp32 and bf16;
 - ``llama.cpp``: ``llama_cpp.Llama`` on the GGUF the smollm2 preset is converted from (Q4_1), batch 1
-  (``n_threads`` = the cores), when ``llama-cpp-python`` is installed and the model is ``smollm2-135m``.
+  (``n_threads`` = the cores), when ``llama-cpp-python`` is installed and the model is ``smollm2-135m``;
+  its own sampler (``create_completion``);
+- ``llamacpp``: quill's ``Engine.load(..., backend="llama.cpp", quantize=Q)`` — quill's checkpoint exported to
+  GGUF at each of ``--gguf-quants`` (cached; the setup column is the load, export included when not cached),
+  the forward pass in llama.cpp, quill's prompt, sampler and stop rules. Batch 1 only (``generate_batch``
+  stays on torch).
 
 Columns: decode tokens/s at batch 1 (tokens after the first over the time after the first), time to first
 token (prefill + first sample), tokens/s at batch ``--batch`` (all rows, wall clock). Run:
@@ -100,7 +105,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8, help="rows for the batched column (1: skip it)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dtypes", default="fp32,bf16")
-    p.add_argument("--engines", default="hf,eager,compiled,llama.cpp", help="any of hf,eager,compiled,int8,llama.cpp")
+    p.add_argument("--engines", default="hf,eager,compiled,llama.cpp,llamacpp",
+                   help="any of hf,eager,compiled,int8,llama.cpp,llamacpp")
+    p.add_argument("--gguf-quants", default="q8_0,q4_1", help="weight types for the llamacpp engine")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default); llama.cpp uses the cores")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -133,6 +140,16 @@ def main() -> None:
             ids = ids or eng.chat_prompt(PROMPT)
             configs[("quill eager int8", dt)] = quill_runner(eng)
             setup[("quill eager int8", dt)] = round(time.perf_counter() - t, 1)
+    if "llamacpp" in engines:  # quill's engine, forward pass in llama.cpp on its own GGUF export
+        for q in args.gguf_quants.split(","):
+            t = time.perf_counter()
+            eng = Engine.load(args.model, backend="llama.cpp", quantize=q)
+            if eng.decoder.kind != "llama.cpp":
+                print("llamacpp skipped: the llama.cpp backend is unavailable")
+                break
+            ids = ids or eng.chat_prompt(PROMPT)
+            configs[("quill + llama.cpp", q)] = quill_runner(eng)
+            setup[("quill + llama.cpp", q)] = round(time.perf_counter() - t, 1)
     gguf = None
     if "llama.cpp" in engines and args.model == "smollm2-135m":
         try:
@@ -147,7 +164,8 @@ def main() -> None:
     for r in range(args.rounds):
         for key, run in configs.items():
             one = run(ids, args.tokens, 1)
-            many = run(ids, args.tokens, args.batch) if args.batch > 1 and key[0] != "llama.cpp" else {}
+            batch1_only = key[0] in ("llama.cpp", "quill + llama.cpp")
+            many = run(ids, args.tokens, args.batch) if args.batch > 1 and not batch1_only else {}
             samples[key].append({"batch1": one, "batchN": many.get("tok_s"), "load": loadavg()[0]})
             print(f"[round {r + 1}] {key[0]:<22} {key[1]:<10} {one['tok_s']:7.1f} tok/s  ttft {one['ttft_ms']:6.0f} ms"
                   + (f"  batch {args.batch}: {many['tok_s']:.1f} tok/s" if many else ""), flush=True)

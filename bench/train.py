@@ -1,12 +1,13 @@
 """Training throughput: quill's loop against a plain ``transformers.Trainer`` + ``peft`` baseline.
 
-Same model, same poems, same LoRA (r 16, alpha 32, all-linear, dropout 0.05), micro-batch 2, gradient
-accumulation 4, sequence length 512, the same number of optimizer steps. Each side runs in its own
+Same model, same poems, same LoRA (r 16, alpha 32, all-linear, dropout 0 unless ``--lora-dropout``),
+micro-batch 2, gradient accumulation 4, sequence length 512, the same number of optimizer steps. Each side runs in its own
 subprocess (so peak-memory high-water marks are separate), back to back, ``--rounds`` times interleaved
 (quill, baseline, quill, baseline, ...); the table shows medians.
 
-- quill: ``quill.train.loop.fit`` with quill's defaults (``precision: auto``, packing), the model prepared
-  exactly as ``quill.train.pipeline`` prepares it (frozen weights in the training precision, LoRA applied).
+- quill: ``quill.train.loop.fit`` with quill's defaults (``precision: auto``, packing, ``compile``: see
+  ``--compile``), the model prepared exactly as ``quill.train.pipeline`` prepares it (frozen weights in the
+  training precision, LoRA applied).
 - baseline: what the Hugging Face docs lead a user to write: tokenize with truncation to max_length,
   ``DataCollatorForLanguageModeling(mlm=False)`` (pads to the longest in the batch), ``Trainer`` defaults
   (fp32 unless ``--baseline-bf16`` adds a bf16=True run), ``report_to=[]``.
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import envelope, loadavg, median, peak_rss_gb, read_texts, resolve_data, table, write_result  # noqa: E402
 
-LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"}
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0, "targets": "all-linear"}  # quill's (and peft's) default dropout
 
 
 def poem_pool(args) -> list[str]:
@@ -79,13 +80,14 @@ def run_quill(args, texts) -> dict:
 
     total = args.warmup + args.steps
     tc = TrainConfig(micro_batch=args.micro_batch, grad_accum=args.grad_accum, block_size=args.seq_len,
-                     max_steps=total, precision=args.precision, log_every=1, packing=not args.no_packing)
+                     max_steps=total, precision=args.precision, log_every=1, packing=not args.no_packing,
+                     compile=args.compile)
     model, tokenizer, template = models.load_base(ModelConfig(name=args.model))
     acc = Accelerator(cpu=not torch.cuda.is_available())
     amp = resolve_precision(tc.precision, acc.device)
     model = model.to(acc.device, dtype=amp)          # as pipeline._run_stage does for a LoRA stage
     torch.manual_seed(tc.seed)
-    model = models.apply_adapter(model, AdapterConfig(**LORA))
+    model = models.apply_adapter(model, AdapterConfig(**{**LORA, "dropout": args.lora_dropout}))
     t0 = time.perf_counter()
     enc = encode_split("poems", [{"text": t} for t in texts], tokenizer, template, tc.block_size, tc.packing, tc.seed)
     encode_s = time.perf_counter() - t0
@@ -114,7 +116,7 @@ def run_baseline(args, texts, bf16: bool) -> dict:
     from quill.config import ModelConfig
 
     model, tokenizer, _ = models.load_base(ModelConfig(name=args.model))   # fp32 on CPU: from_pretrained's default
-    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
+    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=args.lora_dropout,
                                              target_modules="all-linear", task_type="CAUSAL_LM"))
     ds = Dataset.from_dict({"text": texts}).map(
         lambda b: tokenizer(b["text"], truncation=True, max_length=args.seq_len), batched=True,
@@ -215,6 +217,10 @@ def main() -> None:
     p.add_argument("--grad-accum", type=int, default=4)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--precision", default="auto", help="quill's train.precision (auto: its default)")
+    p.add_argument("--compile", default="on", choices=["on", "off", "auto"],
+                   help="quill's train.compile (default on: what auto picks for a stage of 64+ micro-batches, "
+                        "which a bench run of a few steps is not); the compile time falls in the warm-up step")
+    p.add_argument("--lora-dropout", type=float, default=LORA["dropout"], help="both sides' LoRA dropout")
     p.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (quill, baseline, ...)")
     p.add_argument("--no-packing", action="store_true",
                    help="quill with train.packing: false (length-grouped rows, long poems split, no attention mask)")

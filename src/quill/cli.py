@@ -26,6 +26,20 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
 
 
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding backend (defaults: $QUILL_GEN_BACKEND, $QUILL_GEN_QUANT, else auto, q8_0)")
+    g.add_argument("--backend", choices=["torch", "llama.cpp", "auto"],
+                   help="llama.cpp: run the forward pass in llama.cpp on a cached GGUF export (CPU, batch 1, "
+                        "~3x faster; needs llama-cpp-python, the 'llama' extra); auto (default): llama.cpp "
+                        "when it is installed and the model is on a CPU, else torch")
+    g.add_argument("--quant", help="weights: torch int8 or none; llama.cpp f32, f16, q8_0 (default), q5_0, q5_1, "
+                                   "q4_0, q4_1")
+
+
+def _backend(args) -> dict:
+    return {"backend": args.backend or os.environ.get("QUILL_GEN_BACKEND") or "auto", "quantize": args.quant}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quill", description="quill: turn a small open language model into a "
                                      "conversational poet.")
@@ -76,9 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--continue", dest="raw", action="store_true", help="raw completion: continue the text")
     _sampling_args(p)
+    _backend_args(p)
     p = sub.add_parser("chat", help="multi-turn chat in the terminal (/reset, /save FILE, /set KEY VALUE)")
     p.add_argument("run")
     _sampling_args(p)
+    _backend_args(p)
     p = sub.add_parser("serve", help="OpenAI-compatible API and web page (chat + blind A/B arena)")
     p.add_argument("runs", nargs="+", help="run folders, checkpoint folders or model names; NAME=PATH to name one")
     p.add_argument("--host", default="127.0.0.1")
@@ -91,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
     g.add_argument("--max-concurrent", type=int, default=32, help="queued + running generations per model (429 beyond)")
     g.add_argument("--generation-timeout", type=float, default=300.0, help="seconds before a generation is cut")
+    _backend_args(p)
     p = sub.add_parser("arena", help="arena results")
     asub = p.add_subparsers(dest="arena_verb", metavar="ACTION")
     p = asub.add_parser("results", help="win rates per pair of models")
@@ -134,10 +151,10 @@ def dispatch(args) -> int | None:
         return 0
     if verb == "generate":
         from quill.generate.cli import run_generate
-        return run_generate(args.run, args.prompt, raw=args.raw, **_sampling(args))
+        return run_generate(args.run, args.prompt, raw=args.raw, **_backend(args), **_sampling(args))
     if verb == "chat":
         from quill.generate.chat import run_chat
-        return run_chat(args.run, **_sampling(args))
+        return run_chat(args.run, **_backend(args), **_sampling(args))
     if verb == "serve":
         from quill.generate.limits import ServeLimits
         from quill.generate.server import run_server
@@ -145,7 +162,7 @@ def dispatch(args) -> int | None:
                              max_tokens=args.max_tokens, max_concurrent=args.max_concurrent,
                              generation_timeout_s=args.generation_timeout)
         return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db,
-                          limits=limits)
+                          limits=limits, **_backend(args))
     if verb == "arena":
         from quill.generate.arena import print_results
         return print_results(args.db)

@@ -88,7 +88,8 @@ class AdapterConfig(_Strict):
     method: Literal["lora", "full"] = "lora"
     r: int = Field(16, gt=0)
     alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0: peft's default and the fast path: "
+                           "no mask per adapted layer)")
     targets: str | list[str] = Field("all-linear", description="'all-linear', 'attention', or module names")
     merge: bool = Field(True, description="merge the adapter into the weights at the end of the stage "
                         "(the reference's method); false continues the same adapter in the next stage")
@@ -108,6 +109,9 @@ class TrainConfig(_Strict):
     packing: bool = Field(True, description="pack examples into blocks without cross-attention (else pad, "
                           "grouped by length)")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the transformer blocks for "
+                                                  "training steps (auto: on GPUs; on CPUs with a C++ compiler "
+                                                  "for stages of 64+ micro-batches)")
     seed: int = 0
     eval_every: int | None = Field(None, gt=0, description="val loss every N optimizer steps")
     eval_batches: int | None = Field(None, gt=0, description="cap on val batches per evaluation")

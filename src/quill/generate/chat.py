@@ -141,8 +141,8 @@ class ChatSession:
             self.reply(line)
 
 
-def run_chat(run: str, **sampling: Any) -> int:
-    engine = Engine.load(run)
+def run_chat(run: str, backend: str | None = None, quantize: str | None = None, **sampling: Any) -> int:
+    engine = Engine.load(run, backend=backend, quantize=quantize)
     try:
         import readline  # noqa: F401 - line editing and history for input()
     except ImportError:

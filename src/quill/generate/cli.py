@@ -14,8 +14,10 @@ from typing import Any
 from quill.generate.engine import Engine
 
 
-def run_generate(run: str, prompt: str, raw: bool = False, **sampling: Any) -> int:
-    engine = Engine.load(run, fast="eager")  # one answer: compiling would cost more than it saves
+def run_generate(run: str, prompt: str, raw: bool = False, backend: str | None = None, quantize: str | None = None,
+                 **sampling: Any) -> int:
+    # one answer: compiling would cost more than it saves
+    engine = Engine.load(run, fast="eager", backend=backend, quantize=quantize)
     params = engine.params(**sampling)
     if raw:
         ids = engine.text_prompt(prompt)
@@ -34,6 +36,6 @@ def run_generate(run: str, prompt: str, raw: bool = False, **sampling: Any) -> i
     sys.stdout.write("\n")
     sys.stdout.flush()
     r = stream.result
-    print(f"[{engine.name}: {r.completion_tokens} tokens, {r.tokens_per_s:.1f} tokens/s, "
+    print(f"[{engine.name} ({engine.decoder.kind}): {r.completion_tokens} tokens, {r.tokens_per_s:.1f} tokens/s, "
           f"first token {1000 * (r.time_to_first_token or 0):.0f} ms, finish: {r.finish_reason}]", file=sys.stderr)
     return 0

@@ -8,7 +8,8 @@ The loop here is the whole story: one forward over the prompt, then one forward 
 ``logits_to_keep=1`` so only the last position is projected to the vocabulary.
 
 Speed knobs live in :mod:`quill.generate.fast` (dtype choice, opt-in int8 weights, static cache +
-``torch.compile`` for GPUs); the engine falls back to the eager loop whenever a fast decoder cannot be built.
+``torch.compile`` for GPUs) and :mod:`quill.generate.llamacpp` (the forward pass in llama.cpp, opt-in); the
+engine falls back to the eager loop whenever a fast decoder cannot be built.
 Per-token work outside the model is kept to a few passes over the vocabulary (see ``sampling``).
 
 An engine is not thread-safe: one generation at a time (the server gives each model one worker).
@@ -123,7 +124,7 @@ class Engine:
     """Generates from one causal LM with the prompt template saved next to it."""
 
     def __init__(self, model, tokenizer, template, *, name: str = "model", context_length: int | None = None,
-                 generation: dict[str, Any] | None = None, fast: str | bool = "auto"):
+                 generation: dict[str, Any] | None = None, fast: str | bool = "auto", decoder: Any = None):
         self.model, self.tokenizer, self.template, self.name = model, tokenizer, template, name
         self.context_length = int(context_length or getattr(model.config, "max_position_embeddings", 2048))
         self.defaults = SamplingParams.from_settings(generation or {})
@@ -132,24 +133,35 @@ class Engine:
         self.device = next(model.parameters()).device
         self.vocab = model.get_output_embeddings().weight.shape[0]
         from quill.generate.fast import make_decoder
-        self.decoder = make_decoder(model, self.context_length, fast)
+        self.decoder = decoder if decoder is not None else make_decoder(model, self.context_length, fast)
 
     @classmethod
     def load(cls, spec: str, name: str | None = None, dtype: Any = "auto", fast: str | bool = "auto",
-             quantize: str | None = None) -> "Engine":
-        """Load a run folder / checkpoint / preset through ``quill.models`` and wrap it. ``quantize="int8"``
-        (or ``QUILL_GEN_QUANT=int8``): int8 weights on CPU, ~1.4x faster decoding, slightly lossy."""
+             quantize: str | None = None, backend: str | None = None) -> "Engine":
+        """Load a run folder / checkpoint / preset through ``quill.models`` and wrap it.
+
+        ``backend`` (or ``QUILL_GEN_BACKEND``): ``torch`` (default), ``llama.cpp`` (the forward pass in
+        llama.cpp on a cached GGUF export; see ``quill.generate.llamacpp``) or ``auto`` (llama.cpp when it is
+        installed, the model is on the CPU and its architecture exports, else torch). ``quantize`` (or
+        ``QUILL_GEN_QUANT``): for torch ``int8`` (int8 weights on CPU, ~1.4x faster, slightly lossy) or none;
+        for llama.cpp the GGUF weight type, ``q8_0`` by default (``f32``/``none``, ``f16``, ``q8_0``/``int8``,
+        ``q5_0``, ``q5_1``, ``q4_0``, ``q4_1``). A llama.cpp backend that cannot run falls back to torch
+        with a warning naming why."""
         import os
         from quill.generate.fast import inference_dtype, quantize_int8
+        from quill.generate.llamacpp import check_backend, pick_decoder
         from quill.models import load_for_inference
-        s = load_for_inference(spec, dtype=inference_dtype(dtype))
         quantize = quantize or os.environ.get("QUILL_GEN_QUANT") or None
-        if quantize not in (None, "none", "int8"):
-            raise QuillError(f"quantize: unknown scheme {quantize!r} (use int8 or none)")
-        if quantize == "int8":
-            quantize_int8(s.model)
+        backend = check_backend(backend or os.environ.get("QUILL_GEN_BACKEND") or "torch", quantize)
+        s = load_for_inference(spec, dtype=inference_dtype(dtype))
+        decoder, quantize = pick_decoder(s.model, s.tokenizer, s.context_length, backend, quantize, name or s.name)
+        if decoder is None:
+            if quantize not in (None, "none", "int8"):
+                raise QuillError(f"quantize: unknown scheme {quantize!r} for the torch backend (use int8 or none)")
+            if quantize == "int8":
+                quantize_int8(s.model)
         return cls(s.model, s.tokenizer, s.template, name=name or s.name, context_length=s.context_length,
-                   generation=s.generation, fast=fast)
+                   generation=s.generation, fast=fast, decoder=decoder)
 
     # ------------------------------------------------------------------ prompts
     def chat_prompt(self, messages: list[dict]) -> list[int]:

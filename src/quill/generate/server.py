@@ -269,7 +269,8 @@ def default_arena_db(specs: list[tuple[str, str]]) -> Path:
 
 
 def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-               arena_db: str | None = None, limits: ServeLimits | None = None) -> int:
+               arena_db: str | None = None, limits: ServeLimits | None = None, backend: str | None = None,
+               quantize: str | None = None) -> int:
     import uvicorn
     specs = parse_specs(runs)
     loaded: dict[str, Engine] = {}
@@ -278,7 +279,7 @@ def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_k
         key = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
         if key not in loaded:
             print(f"loading {name} from {spec} …", flush=True)
-            loaded[key] = Engine.load(spec, name=name)
+            loaded[key] = Engine.load(spec, name=name, backend=backend, quantize=quantize)
         engines[name] = loaded[key]
     db = Path(arena_db) if arena_db else default_arena_db(specs)
     app = create_app(engines, arena_db=db, api_key=api_key, limits=limits)

@@ -22,6 +22,7 @@ from transformers import get_scheduler
 from quill.data.pack import IGNORE_INDEX
 from quill.train.batches import Encoded, collate, epoch_batches
 from quill.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from quill.train.fastpaths import release_freed_memory, training_fast_paths
 from quill.train.evaluation import eval_loss
 from quill.train.faults import fault_point
 from quill.train.loss import CausalLMLoss
@@ -35,6 +36,7 @@ class StageInputs:
     val: object                # BatchList or None
     test: object = None        # BatchList or None
     pad_id: int = 0
+    attention: str = "auto"    # model.attn_implementation: "auto" lets packed training use flex attention
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -77,8 +79,9 @@ def plan_steps(n_batches: int, cfg, world: int) -> tuple[int, int]:
 
 
 def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: bool = False) -> dict:
+    """Set up (loss module, optimizer, schedule, precision, fast paths), then train: ``_fit``."""
     cfg = inputs.train_cfg
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    world, main = accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     amp_dtype = resolve_precision(cfg.precision, device)
     module = CausalLMLoss(model)
@@ -93,6 +96,24 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
+
+    with training_fast_paths(model, compile_setting=cfg.compile, attention=inputs.attention, device=device,
+                             packing=cfg.packing, micro_batches=total_steps * cfg.grad_accum) as fast:
+        if main:
+            print(f"[{inputs.name}] fast paths: attention {fast['attention']}, "
+                  f"{fast['compiled_blocks']} compiled blocks (train.compile: {cfg.compile})")
+        result = _fit(model, module, wrapped, optimizer, scheduler, scaler, inputs, accelerator, run, resume,
+                      total_steps, autocast)
+    result.update(fast)
+    accelerator.free_memory()
+    return result
+
+
+def _fit(model, module, wrapped, optimizer, scheduler, scaler, inputs, accelerator, run, resume, total_steps,
+         autocast) -> dict:
+    cfg = inputs.train_cfg
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    device = accelerator.device
 
     def evaluate(loader, limit=None):
         with autocast():
@@ -139,6 +160,7 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
                     loss = s * world / max(n_target, 1)
                     (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += s.detach().float()
+                release_freed_memory(device)  # CPU: keeps glibc's heaps from growing step after step
                 if not idle:  # useful tokens: the sequences' own, not the padding collate added
                     state["tokens"] += sum(len(inputs.train.sequences[i]) for i in b)
             if scaler:
@@ -199,7 +221,6 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
             run.log({"stage": inputs.name, "step": state["step"], "val_loss": result["val_loss_after"]})
     if inputs.test is not None:
         result["test_loss"] = evaluate(inputs.test)["loss"]
-    accelerator.free_memory()
     return result
 
 

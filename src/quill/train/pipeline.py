@@ -143,7 +143,8 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
         print(f"[{stage.name}] {stage.kind} on {len(prepared.splits['train'])} examples → "
               f"{len(train_enc.sequences)} sequences, {train_enc.tokens:,} tokens "
               f"({train_enc.loss_tokens:,} with loss); precision {str(amp).removeprefix('torch.')}")
-    inputs = StageInputs(stage.name, tc, train_enc, loaders.get("val"), loaders.get("test"), pad_id_of(tokenizer))
+    inputs = StageInputs(stage.name, tc, train_enc, loaders.get("val"), loaders.get("test"), pad_id_of(tokenizer),
+                         attention=cfg.model.attn_implementation)
     torch.manual_seed(tc.seed + 1)
     result = fit(model, inputs, accelerator, run, resume=resume)
     result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped)})
