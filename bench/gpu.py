@@ -250,6 +250,7 @@ def main() -> None:
                         "the model's name)")
     p.add_argument("--no-eager", action="store_true", help="skip the 'quill eager' rows")
     p.add_argument("--no-generate", action="store_true", help="skip generation")
+    p.add_argument("--no-train", action="store_true", help="skip training")
     p.add_argument("--profile", action="store_true", help="profile quill's runs (top kernels to stdout and $OUT)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -271,8 +272,8 @@ def main() -> None:
     override = {k: [tuple(int(x) for x in b.split("x")) for b in v.split(",")]
                 for k, v in (a.split("=") for a in args.batches or [])}
     for name, (cfg, targets, batches) in shapes(args.smoke).items():
-        if args.batches:
-            batches = override.get(name.split("-")[0], [])
+        if args.batches or args.no_train:
+            batches = [] if args.no_train else override.get(name.split("-")[0], [])
         for i, (mb, accum) in enumerate(batches):
             eager = [("eager", run_quill)] if i == 0 and not args.no_eager else []
             sides = [("baseline", run_baseline), ("default", run_quill)] + eager

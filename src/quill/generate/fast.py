@@ -71,7 +71,10 @@ class CompiledDecoder:
         self.token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.position = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.pos = 0
-        self._step = torch.compile(self._forward, dynamic=False)
+        # CUDA: "reduce-overhead" replays the step as a CUDA graph (the static cache and the token/position
+        # buffers keep their addresses; the returned logits are cloned before the next replay)
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self._step = torch.compile(self._forward, dynamic=False, mode=mode)
         self.eager = EagerDecoder(model)  # for prompts too long for the static cache
         self.active: Any = self
 

@@ -85,7 +85,8 @@ class LlamaCppDecoder:
             self.llm.close()
             self.llm = None
         self.llm = self._lib.Llama(model_path=self.model_path, n_ctx=n_ctx, n_batch=min(n_ctx, 512),
-                                   n_threads=self.threads, n_threads_batch=self.threads, verbose=False)
+                                   n_threads=self.threads, n_threads_batch=self.threads,
+                                   verbose=False)
         if self.llm.n_vocab() != self.n_vocab:
             raise BackendUnavailable(f"{self.model_path}: llama.cpp sees {self.llm.n_vocab()} tokens, the model "
                                      f"{self.n_vocab}")

@@ -87,7 +87,7 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
     module = CausalLMLoss(model)
     optimizer = build_optimizer(module, cfg)
     n_batches = len(epoch_batches(inputs.train, cfg.micro_batch, cfg.seed, 0, True, cfg.packing))
-    per_epoch, total_steps = plan_steps(n_batches, cfg, world)
+    _, total_steps = plan_steps(n_batches, cfg, world)
     warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total_steps))
     scheduler = get_scheduler({"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule],
                               optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
@@ -102,15 +102,28 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
         if main:
             print(f"[{inputs.name}] fast paths: attention {fast['attention']}, "
                   f"{fast['compiled_blocks']} compiled blocks (train.compile: {cfg.compile})")
-        result = _fit(model, module, wrapped, optimizer, scheduler, scaler, inputs, accelerator, run, resume,
-                      total_steps, autocast)
+        result = _fit(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps),
+                      inputs, accelerator, run, resume)
     result.update(fast)
     accelerator.free_memory()
     return result
 
 
-def _fit(model, module, wrapped, optimizer, scheduler, scaler, inputs, accelerator, run, resume, total_steps,
-         autocast) -> dict:
+@dataclass
+class _Training:
+    """What ``fit`` set up for the training loop."""
+    module: torch.nn.Module    # CausalLMLoss around the model
+    wrapped: torch.nn.Module   # the same, as accelerate prepared it (DDP/FSDP hooks)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object             # GradScaler for fp16 on CUDA, else None
+    autocast: object           # () -> autocast context in the stage's precision
+    total_steps: int
+
+
+def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> dict:
+    module, wrapped, optimizer, scheduler, scaler, autocast, total_steps = (
+        t.module, t.wrapped, t.optimizer, t.scheduler, t.scaler, t.autocast, t.total_steps)
     cfg = inputs.train_cfg
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
