@@ -79,6 +79,13 @@ def test_bool_override_parses_false_as_false():
     assert cfg.stage("dapt").adapter.merge is False
 
 
+def test_compile_on_off_survive_yaml_booleans():
+    cfg = load_config(TINY, ["stages.dapt.train.compile=on", "stages[1].train.compile=off"])
+    assert cfg.stage("dapt").train.compile == "on" and cfg.stages[1].train.compile == "off"
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.train\.compile"):
+        load_config(TINY, ["stages.dapt.train.compile=sometimes"])
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")

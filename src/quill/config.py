@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 from quill.errors import QuillError
@@ -118,6 +118,12 @@ class TrainConfig(_Strict):
     save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without val improvement")
     log_every: int = Field(1, gt=0)
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value):
+        """YAML 1.1 reads ``compile: on`` / ``off`` as booleans: take them as meant."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
 
 class StageConfig(_Strict):
