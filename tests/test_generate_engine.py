@@ -92,6 +92,28 @@ def test_stop_token_ends_with_finish_reason_stop(tiny_llama):
     assert e.generate(ids, p).finish_reason == "length"
 
 
+def test_stop_strings_cut_the_answer_before_them_even_across_tokens(tiny_llama):
+    e = make_engine(tiny_llama)
+    e.stop_ids = set()
+    ids = e.chat_prompt(MSG)
+    p = e.params(temperature=0, max_new_tokens=30, repetition_penalty=1.0)
+    full = e.generate(ids, p).text
+    assert len(full) > 20
+    stop = full[10:16]  # likely spans a token boundary; the answer ends before its first occurrence
+    for stops in ([stop], ["never appears", stop]):
+        stream = e.stream(ids, p.with_(stop=stops))
+        deltas = list(stream)
+        r = stream.result
+        assert r.text == "".join(deltas) == full[:full.index(stop)]
+        assert r.finish_reason == "stop" and stop not in "".join(deltas)
+    r = e.generate(ids, p.with_(stop="never appears"))
+    assert r.text == full and r.finish_reason == "length"  # held-back text is released at the end
+    with pytest.raises(SamplingError, match="stop"):
+        e.params(stop=["a", "b", "c", "d", "e"])
+    with pytest.raises(SamplingError, match="stop"):
+        e.params(stop=[""])
+
+
 def test_cancel_stops_generation(engine):
     cancel = threading.Event()
     stream = engine.stream(engine.chat_prompt(MSG), engine.params(max_new_tokens=200, temperature=0), cancel=cancel)

@@ -62,6 +62,20 @@ def test_openai_client_streams_chat_and_completions(server):
     assert streamed == comp.choices[0].text  # same seed, same text, streamed or not
 
 
+def test_stop_strings_end_the_answer(server):
+    import openai
+    client = openai.OpenAI(base_url=server["url"] + "/v1", api_key="unused")
+    ask = dict(model="poet", prompt="The sea is blue, the sky is red", max_tokens=16, temperature=0)
+    full = client.completions.create(**ask).choices[0].text
+    stop = full[8:12]
+    cut = client.completions.create(**ask, stop=[stop, "never"]).choices[0]
+    assert cut.text == full[:full.index(stop)] and cut.finish_reason == "stop"
+    streamed = list(client.completions.create(**ask, stop=stop, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in streamed[:-1]) == cut.text
+    assert streamed[-2].choices[0].finish_reason == "stop"
+    assert streamed[-1].choices == [] and streamed[-1].usage.completion_tokens > 0
+
+
 def test_sse_wire_format(server):
     body = {"model": "poet", "stream": True, "max_tokens": 5, "messages": [{"role": "user", "content": "Hi"}],
             "stream_options": {"include_usage": True}}
@@ -87,6 +101,8 @@ def test_sse_wire_format(server):
     ({"model": "poet", "messages": []}, 400, "messages"),
     ({"model": "poet"}, 400, "messages"),
     ({"model": "poet", "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "stop": [""]}, 400, "stop"),
 ])
 def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(server, body, status, param):
     r = post(server, "/v1/chat/completions", body)

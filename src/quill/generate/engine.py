@@ -85,6 +85,36 @@ class Detokenizer:
         return now[len(before):] if now.startswith(before) else ""
 
 
+class _StopText:
+    """The answer's text as it streams, cut before the first of the ``stop`` strings (OpenAI's ``stop``):
+    the last ``len(longest stop) - 1`` characters are held back until they cannot begin a stop string."""
+
+    def __init__(self, stops: tuple[str, ...]):
+        self.stops, self.hold = stops, max((len(s) for s in stops), default=1) - 1
+        self.text, self.sent, self.stopped = "", 0, False
+
+    def push(self, delta: str) -> str:
+        if not delta or self.stopped:
+            return ""
+        self.text += delta
+        if self.stops:
+            start = max(0, self.sent - self.hold)
+            hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
+            if hits:
+                self.text, self.stopped = self.text[:min(hits)], True
+                return self._emit(len(self.text))
+        return self._emit(len(self.text) - self.hold)
+
+    def flush(self) -> str:
+        return self._emit(len(self.text))
+
+    def _emit(self, upto: int) -> str:
+        if upto <= self.sent:
+            return ""
+        out, self.sent = self.text[self.sent:upto], upto
+        return out
+
+
 def _cancelled(cancel: Cancel) -> bool:
     if cancel is None:
         return False
@@ -208,7 +238,7 @@ class Engine:
         penalize = params.repetition_penalty != 1.0
         seen_ids = {t for t in prompt_ids if t < self.vocab}
         seen = torch.tensor(sorted(seen_ids), device=self.device) if penalize else None
-        pieces: list[str] = []
+        text = _StopText(params.stop)
         with torch.inference_mode():
             logits = self.decoder.prefill(torch.tensor([prompt_ids], device=self.device), len(prompt_ids) + budget)
             while True:
@@ -222,21 +252,25 @@ class Engine:
                 if penalize and token not in seen_ids:
                     seen_ids.add(token)
                     seen = torch.tensor(sorted(seen_ids), device=self.device)
-                delta = detok.push(token)
+                delta = text.push(detok.push(token))
                 if delta:
-                    pieces.append(delta)
                     yield delta
+                if text.stopped:
+                    result.finish_reason = "stop"
+                    break
                 if len(result.token_ids) >= budget:
                     break
                 if _cancelled(cancel):
                     result.finish_reason = "cancelled"
                     break
                 logits = self.decoder.step(token)
-        tail = detok.flush()
-        if tail:
-            pieces.append(tail)
-            yield tail
-        result.text = "".join(pieces)
+        if not text.stopped:
+            tail = text.push(detok.flush()) + text.flush()
+            if text.stopped:
+                result.finish_reason = "stop"
+            if tail:
+                yield tail
+        result.text = text.text
         result.seconds = time.perf_counter() - start
         return result
 
@@ -246,7 +280,8 @@ class Engine:
         """Several prompts at once, left-padded (so every row's last token is at the same position, with
         position ids counted from each row's first real token); each row stops on its own stop token and
         then only pads until the slowest row is done. Rows draw from one seeded generator, so a sampled
-        row differs from the same prompt generated alone; greedy rows match it."""
+        row differs from the same prompt generated alone; greedy rows match it. ``params.stop`` strings are
+        for ``stream``/``generate`` (the server); here only the template's stop tokens end a row."""
         params = params or self.defaults
         if not prompts:
             return []

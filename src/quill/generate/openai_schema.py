@@ -30,12 +30,22 @@ class _Sampling(_Lenient):
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = Field(None, description="up to 4 strings that end the answer (not included)")
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> list[str] | None:
+        stops = [v] if isinstance(v, str) else v
+        if stops is not None and (len(stops) > 4 or not all(0 < len(s) <= 256 for s in stops)):
+            raise ValueError("up to 4 non-empty strings of at most 256 characters")
+        return stops or None
 
     def sampling(self) -> dict[str, Any]:
         """Overrides for ``Engine.params`` (None: the run's default)."""
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "repetition_penalty": self.repetition_penalty, "seed": self.seed,
-                "max_new_tokens": self.max_completion_tokens or self.max_tokens}
+                "max_new_tokens": self.max_completion_tokens or self.max_tokens,
+                "stop": tuple(self.stop) if self.stop else None}
 
     @property
     def include_usage(self) -> bool:

@@ -38,8 +38,13 @@ class SamplingParams:
     repetition_penalty: float = 1.1
     max_new_tokens: int = 160
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # strings that end the answer (not included), as OpenAI's ``stop``
 
     def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        elif isinstance(self.stop, list):
+            object.__setattr__(self, "stop", tuple(self.stop))
         checks = [
             ("temperature", isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 5, "0 to 5"),
             ("top_p", isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "in (0, 1]"),
@@ -48,6 +53,8 @@ class SamplingParams:
              and 0 < self.repetition_penalty <= 10, "in (0, 10]"),
             ("max_new_tokens", _is_int(self.max_new_tokens) and 1 <= self.max_new_tokens <= 1 << 20, "an integer >= 1"),
             ("seed", self.seed is None or _is_int(self.seed) and 0 <= self.seed < 2 ** 63, "an integer >= 0 or none"),
+            ("stop", isinstance(self.stop, tuple) and len(self.stop) <= 4
+             and all(isinstance(x, str) and 0 < len(x) <= 256 for x in self.stop), "up to 4 non-empty strings"),
         ]
         for name, ok, want in checks:
             if not ok:

@@ -214,7 +214,11 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
         async def events() -> AsyncIterator[str]:
             async for delta in timed(job):
                 yield _sse(oa.completion_chunk(cid, req.model, created, delta))
-            yield _sse(oa.completion_chunk(cid, req.model, created, "", _finish(job.result)))
+            r = job.result
+            yield _sse(oa.completion_chunk(cid, req.model, created, "", _finish(r)))
+            if req.include_usage:
+                yield _sse({**oa.completion_chunk(cid, req.model, created, ""), "choices": [],
+                            "usage": oa.usage(r.prompt_tokens, r.completion_tokens)})
             yield "data: [DONE]\n\n"
         return _stream(events())
 
