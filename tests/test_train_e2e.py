@@ -122,3 +122,21 @@ def test_two_cpu_processes_match_one(tmp_path):
         for k, v in a[stage].items():
             if v is not None:
                 assert b[stage][k] == pytest.approx(v, abs=1e-3), (stage, k, v, b[stage][k])
+
+
+def test_a_run_that_failed_before_training_can_be_rerun_without_overwrite(tmp_path):
+    from quill.errors import QuillError, RunError
+    run = tmp_path / "run"
+    with pytest.raises(QuillError):  # the data file is missing: fails while preparing data
+        train(load_config(TINY, ["stages.dapt.data.source=missing.jsonl"]), run, base_dir=TINY.parent)
+    assert (run / "config.yaml").exists() and not (run / "metrics.jsonl").exists()
+    train(load_config(TINY), run, base_dir=TINY.parent)  # no --overwrite needed: nothing was trained there
+    assert (run / "summary.json").exists()
+    with pytest.raises(RunError, match="--overwrite"):  # now it holds a trained run
+        train(load_config(TINY), run, base_dir=TINY.parent)
+    other = tmp_path / "not-a-run"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="--overwrite"):  # a folder that is not a quill run is never replaced
+        train(load_config(TINY), other, base_dir=TINY.parent)
+    assert (other / "notes.txt").exists()

@@ -63,9 +63,12 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
     run = RunFolder(run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0 and not resume and run.path.exists() and any(run.path.iterdir()):
-        if not overwrite:
+        if not overwrite and not run.unstarted():
             raise RunError(f"{run.path}: run folder exists; pass --overwrite to replace it or "
                            f"`quill resume {run.path}` to continue it")
+        if not overwrite:
+            print(f"{run.path}: replacing a run folder where no training had started (an earlier run failed "
+                  f"before its first step)")
         with run.lock():
             shutil.rmtree(run.path)
     run.path.mkdir(parents=True, exist_ok=True)

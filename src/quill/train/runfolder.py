@@ -91,6 +91,13 @@ class RunFolder:
         os.replace(tmp, self.metrics)
 
     # ---- lock
+    def unstarted(self) -> bool:
+        """A quill run folder where no training began (a run that failed while preparing data): only the
+        config, the lock, prepared data and empty logs. Anything else, or a folder that is not a run, is not."""
+        if not self.config.exists():
+            return False
+        return all(p.name in {"config.yaml", ".lock", "data", "tb"} for p in self.path.iterdir())
+
     def lock(self) -> "RunLock":
         return RunLock(self.path / ".lock")
 
