@@ -6,7 +6,8 @@ import threading
 import pytest
 import torch
 
-from quill.generate.engine import Detokenizer, Engine, PromptTooLong
+from quill.generate.engine import Engine, PromptTooLong
+from quill.generate.text import Detokenizer
 from quill.generate.sampling import SamplingError, SamplingParams, apply_repetition_penalty, sample_next
 
 MSG = [{"role": "user", "content": "Write a poem about the sea and the sky"}]
