@@ -175,50 +175,41 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
             prompt_ids = worker.engine.chat_prompt(messages)
         except ValueError as err:
             raise ApiError(400, str(err), param="messages") from None
-        job = submit(worker, prompt_ids, req.sampling())
-        cid, created = oa.new_id("chatcmpl"), oa.now()
-        if not req.stream:
-            text = await collect(job, request)
-            if text is None:
-                return _error(499, "client closed the request", code="client_closed")
-            r = job.result
-            return oa.chat_response(cid, req.model, created, text, _finish(r), r.prompt_tokens,
-                                    r.completion_tokens)
-
-        async def events() -> AsyncIterator[str]:
-            yield _sse(oa.chat_chunk(cid, req.model, created, {"role": "assistant", "content": ""}))
-            async for delta in timed(job):
-                yield _sse(oa.chat_chunk(cid, req.model, created, {"content": delta}))
-            r = job.result
-            yield _sse(oa.chat_chunk(cid, req.model, created, {}, _finish(r)))
-            if req.include_usage:
-                yield _sse({**oa.chat_chunk(cid, req.model, created, {}), "choices": [],
-                            "usage": oa.usage(r.prompt_tokens, r.completion_tokens)})
-            yield "data: [DONE]\n\n"
-        return _stream(events())
+        return await answer(submit(worker, prompt_ids, req.sampling()), req, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: oa.CompletionRequest, request: Request):
         worker = worker_for(req.model)
         check_chars(len(req.text), "prompt")
-        job = submit(worker, worker.engine.text_prompt(req.text), req.sampling())
-        cid, created = oa.new_id("cmpl"), oa.now()
+        return await answer(submit(worker, worker.engine.text_prompt(req.text), req.sampling()), req, request,
+                            chat=False)
+
+    async def answer(job, req, request: Request, chat: bool):
+        """A job's answer in OpenAI's shape: one response, or SSE chunks (chat: deltas after a role chunk;
+        completions: text), then the finish reason, the usage if asked for, and [DONE]."""
+        cid, created = oa.new_id("chatcmpl" if chat else "cmpl"), oa.now()
+        empty = {} if chat else ""
+
+        def chunk(delta, finish=None) -> dict:
+            return (oa.chat_chunk if chat else oa.completion_chunk)(cid, req.model, created, delta, finish)
+
         if not req.stream:
             text = await collect(job, request)
             if text is None:
                 return _error(499, "client closed the request", code="client_closed")
             r = job.result
-            return oa.completion_response(cid, req.model, created, text, _finish(r), r.prompt_tokens,
-                                          r.completion_tokens)
+            respond = oa.chat_response if chat else oa.completion_response
+            return respond(cid, req.model, created, text, _finish(r), r.prompt_tokens, r.completion_tokens)
 
         async def events() -> AsyncIterator[str]:
+            if chat:
+                yield _sse(chunk({"role": "assistant", "content": ""}))
             async for delta in timed(job):
-                yield _sse(oa.completion_chunk(cid, req.model, created, delta))
+                yield _sse(chunk({"content": delta} if chat else delta))
             r = job.result
-            yield _sse(oa.completion_chunk(cid, req.model, created, "", _finish(r)))
+            yield _sse(chunk(empty, _finish(r)))
             if req.include_usage:
-                yield _sse({**oa.completion_chunk(cid, req.model, created, ""), "choices": [],
-                            "usage": oa.usage(r.prompt_tokens, r.completion_tokens)})
+                yield _sse({**chunk(empty), "choices": [], "usage": oa.usage(r.prompt_tokens, r.completion_tokens)})
             yield "data: [DONE]\n\n"
         return _stream(events())
 
