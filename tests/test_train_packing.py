@@ -66,6 +66,20 @@ def test_packed_examples_do_not_attend_to_each_other(arch, attn):
         torch.testing.assert_close(packed[start:start + len(doc)], alone[tuple(doc)], atol=1e-5, rtol=1e-4)
 
 
+def test_collate_pads_to_a_fixed_shape_with_rows_that_carry_no_loss():
+    """Compiled training pads the short last micro-batch to the others' shape: same loss, no recompiling."""
+    model = tiny("llama")
+    wrapper = CausalLMLoss(model)
+    seqs = pack_examples([ex(5, 6, 7, 8, 9), ex(11, 12, 13)], 16, seed=0)
+    plain, padded = collate(seqs, pad_id=0), collate(seqs, pad_id=0, rows=3, width=16)
+    assert tuple(padded["input_ids"].shape) == (3, 16)
+    assert (padded["labels"][len(seqs):] == IGNORE_INDEX).all()
+    assert padded["position_ids"][len(seqs):].tolist() == [list(range(16))] * (3 - len(seqs))
+    with torch.no_grad():
+        (s1, n1), (s2, n2) = wrapper(**plain), wrapper(**padded)
+    assert n1 == n2 and torch.allclose(s1, s2, atol=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_loss_matches_transformers_and_ignores_masked_tokens(arch):
     model = tiny(arch)

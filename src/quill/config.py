@@ -88,8 +88,8 @@ class AdapterConfig(_Strict):
     method: Literal["lora", "full"] = "lora"
     r: int = Field(16, gt=0)
     alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0: peft's default and the fast path: "
-                           "no mask per adapted layer)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0: peft's default and the fastest; "
+                           "compiled CPU training hashes the masks and recomputes them in the backward pass)")
     targets: str | list[str] = Field("all-linear", description="'all-linear', 'attention', or module names")
     merge: bool = Field(True, description="merge the adapter into the weights at the end of the stage "
                         "(the reference's method); false continues the same adapter in the next stage")

@@ -85,23 +85,27 @@ def _load_encoded(folder) -> Encoded:
     return Encoded(seqs, Counter(meta.get("skipped", {})), meta.get("examples", len(seqs)))
 
 
-def collate(seqs: list[Sequence], pad_id: int) -> dict[str, torch.Tensor]:
+def collate(seqs: list[Sequence], pad_id: int, rows: int = 0, width: int = 0) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row. No attention mask is needed, on purpose:
 
     attention is causal, so real tokens never look at the padding that follows them, and padding carries
     label -100. Passing ``attention_mask=None`` with restarting ``position_ids`` is also what makes the
     model build the block-diagonal mask that keeps packed examples apart.
+
+    ``rows``/``width``: pad to at least this shape, with rows of padding (no loss) — compiled blocks then see
+    one shape for every micro-batch, the short last one included, and never recompile.
     """
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-    pos = torch.zeros((len(seqs), width), dtype=torch.long)
+    width = max(width, *(len(s) for s in seqs))
+    n = max(rows, len(seqs))
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    labels = torch.full((n, width), IGNORE_INDEX, dtype=torch.long)
+    pos = torch.arange(width, dtype=torch.long).repeat(n, 1)
     for r, s in enumerate(seqs):
-        n = len(s)
-        ids[r, :n] = torch.tensor(s.input_ids)
-        labels[r, :n] = torch.tensor(s.labels)
-        pos[r, :n] = torch.tensor(s.position_ids)
-        pos[r, n:] = torch.arange(width - n)  # padding is its own pseudo-example: it attends to nothing real
+        k = len(s)
+        ids[r, :k] = torch.tensor(s.input_ids)
+        labels[r, :k] = torch.tensor(s.labels)
+        pos[r, :k] = torch.tensor(s.position_ids)
+        pos[r, k:] = torch.arange(width - k)  # padding is its own pseudo-example: it attends to nothing real
     return {"input_ids": ids, "labels": labels, "position_ids": pos}
 
 

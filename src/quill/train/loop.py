@@ -102,7 +102,9 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
         if main:
             print(f"[{inputs.name}] fast paths: attention {fast['attention']}, "
                   f"{fast['compiled_blocks']} compiled blocks (train.compile: {cfg.compile})")
-        result = _fit(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps),
+        # compiled blocks: every micro-batch padded to one shape (the short last one too), so none recompiles
+        static = (cfg.micro_batch, cfg.block_size if cfg.packing else 0) if fast["compiled_blocks"] else (0, 0)
+        result = _fit(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static),
                       inputs, accelerator, run, resume)
     result.update(fast)
     accelerator.free_memory()
@@ -119,11 +121,12 @@ class _Training:
     scaler: object             # GradScaler for fp16 on CUDA, else None
     autocast: object           # () -> autocast context in the stage's precision
     total_steps: int
+    static_shape: tuple[int, int]  # (rows, width) every micro-batch is padded to; (0, 0): as collated
 
 
 def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> dict:
-    module, wrapped, optimizer, scheduler, scaler, autocast, total_steps = (
-        t.module, t.wrapped, t.optimizer, t.scheduler, t.scaler, t.autocast, t.total_steps)
+    module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static_shape = (
+        t.module, t.wrapped, t.optimizer, t.scheduler, t.scaler, t.autocast, t.total_steps, t.static_shape)
     cfg = inputs.train_cfg
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
@@ -162,7 +165,7 @@ def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> d
             idle = not win[rank::world]
             loss_sum = torch.zeros((), device=device)
             for j, b in enumerate(mine):
-                batch = collate([inputs.train.sequences[i] for i in b], inputs.pad_id)
+                batch = collate([inputs.train.sequences[i] for i in b], inputs.pad_id, *static_shape)
                 if idle:
                     batch["labels"].fill_(IGNORE_INDEX)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
