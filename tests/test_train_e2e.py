@@ -140,3 +140,47 @@ def test_a_run_that_failed_before_training_can_be_rerun_without_overwrite(tmp_pa
     with pytest.raises(RunError, match="--overwrite"):  # a folder that is not a quill run is never replaced
         train(load_config(TINY), other, base_dir=TINY.parent)
     assert (other / "notes.txt").exists()
+
+
+
+def test_compiled_training_pads_every_micro_batch_to_one_shape_and_trains_only_lora(tmp_path, monkeypatch):
+    """With compiled blocks, ``fit`` pads the short last micro-batch to the others' shape (so it does not
+    recompile the block), and with LoRA dropout moved into ``lora_A`` only LoRA weights change. The compiler
+    itself is stubbed out here (tests/test_train_dropout.py compiles the hashed dropout for real)."""
+    from accelerate import Accelerator
+
+    from quill import models
+    from quill.data.prepare import prepare_stage_data
+    from quill.train import fastpaths, loop
+    from quill.train.batches import build_loader, collate, encode_split
+    from quill.train.runfolder import RunFolder
+
+    cfg = load_config(TINY, ["stages.dapt.adapter.dropout=0.1", "stages.dapt.train.compile=on",
+                             "stages.dapt.train.micro_batch=3", "stages.dapt.train.grad_accum=1",
+                             "stages.dapt.train.max_steps=null", "stages.dapt.train.eval_every=null"])
+    stage = cfg.stage("dapt")
+    model, tok, tpl = models.load_base(cfg.model)
+    torch.manual_seed(0)
+    model = models.apply_adapter(model, stage.adapter)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = prepare_stage_data(stage, TINY.parent)
+    enc = encode_split("poems", data.splits["train"], tok, tpl, stage.train.block_size, True)
+    assert len(enc.sequences) % 3 != 0  # a short last micro-batch
+    shapes = []
+
+    def recording_collate(*args, **kwargs):
+        batch = collate(*args, **kwargs)
+        shapes.append(tuple(batch["input_ids"].shape))
+        return batch
+
+    monkeypatch.setattr(loop, "collate", recording_collate)
+    monkeypatch.setattr(fastpaths, "compile_blocks", lambda m: len(fastpaths.repeated_blocks(m)))
+    result = loop.fit(model, loop.StageInputs("dapt", stage.train, enc,
+                                              build_loader("poems", data.splits["val"], tok, tpl, stage.train),
+                                              pad_id=tok.eos_token_id), Accelerator(cpu=True), RunFolder(tmp_path))
+    assert result["compiled_blocks"] == 2 and result["hashed_lora_dropout"] == 14
+    assert set(shapes) == {(3, stage.train.block_size)} and len(shapes) == -(-len(enc.sequences) // 3)
+    assert result["tokens"] == enc.tokens  # useful tokens: the padding rows are not counted
+    for n, p in model.named_parameters():
+        assert (not torch.equal(p.detach(), before[n])) == ("lora_" in n), n
+    assert type(model.base_model.model.model.layers[0].mlp.up_proj.lora_dropout["default"]).__name__ == "Dropout"

@@ -93,7 +93,7 @@ def collate(seqs: list[Sequence], pad_id: int, rows: int = 0, width: int = 0) ->
     model build the block-diagonal mask that keeps packed examples apart.
 
     ``rows``/``width``: pad to at least this shape, with rows of padding (no loss) — compiled blocks then see
-    one shape for every micro-batch, the short last one included, and never recompile.
+    one shape for every micro-batch, the short last one included, and do not recompile for a new shape.
     """
     width = max(width, *(len(s) for s in seqs))
     n = max(rows, len(seqs))

@@ -102,7 +102,7 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
         if main:
             print(f"[{inputs.name}] fast paths: attention {fast['attention']}, "
                   f"{fast['compiled_blocks']} compiled blocks (train.compile: {cfg.compile})")
-        # compiled blocks: every micro-batch padded to one shape (the short last one too), so none recompiles
+        # compiled blocks: every micro-batch padded to one shape (the short last one too): no recompiling for it
         static = (cfg.micro_batch, cfg.block_size if cfg.packing else 0) if fast["compiled_blocks"] else (0, 0)
         result = _fit(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static),
                       inputs, accelerator, run, resume)
