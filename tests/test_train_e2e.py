@@ -57,17 +57,14 @@ def test_run_folder_has_everything_later_steps_need(tiny_run):
     assert all("lr" in r and "tokens_per_s" in r for r in steps if "loss" in r)
 
 
-def test_lora_trains_only_adapter_weights(tmp_path):
-    """The TRL check: after a stage, every base weight is unchanged and every LoRA weight changed."""
-    from accelerate import Accelerator
-
+def dapt_stage(tmp_path, overrides=()):
+    """The tiny config's DAPT stage, ready for ``fit``: (model, inputs, weights before, encoded train split)."""
     from quill import models
     from quill.data.prepare import prepare_stage_data
     from quill.train.batches import build_loader, encode_split
-    from quill.train.loop import StageInputs, fit
-    from quill.train.runfolder import RunFolder
+    from quill.train.loop import StageInputs
 
-    cfg = load_config(TINY)
+    cfg = load_config(TINY, list(overrides))
     stage = cfg.stage("dapt")
     model, tok, tpl = models.load_base(cfg.model)
     torch.manual_seed(0)
@@ -75,8 +72,20 @@ def test_lora_trains_only_adapter_weights(tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     data = prepare_stage_data(stage, TINY.parent)
     enc = encode_split("poems", data.splits["train"], tok, tpl, stage.train.block_size, True)
-    fit(model, StageInputs("dapt", stage.train, enc, build_loader("poems", data.splits["val"], tok, tpl, stage.train),
-                           pad_id=tok.eos_token_id), Accelerator(cpu=True), RunFolder(tmp_path))
+    inputs = StageInputs("dapt", stage.train, enc, build_loader("poems", data.splits["val"], tok, tpl, stage.train),
+                         pad_id=tok.eos_token_id)
+    return model, inputs, before, enc
+
+
+def test_lora_trains_only_adapter_weights(tmp_path):
+    """The TRL check: after a stage, every base weight is unchanged and every LoRA weight changed."""
+    from accelerate import Accelerator
+
+    from quill.train.loop import fit
+    from quill.train.runfolder import RunFolder
+
+    model, inputs, before, _enc = dapt_stage(tmp_path)
+    fit(model, inputs, Accelerator(cpu=True), RunFolder(tmp_path))
     lora = [n for n in before if "lora_" in n]
     assert lora
     for n, p in model.named_parameters():
@@ -149,22 +158,13 @@ def test_compiled_training_pads_every_micro_batch_to_one_shape_and_trains_only_l
     itself is stubbed out here (tests/test_train_dropout.py compiles the hashed dropout for real)."""
     from accelerate import Accelerator
 
-    from quill import models
-    from quill.data.prepare import prepare_stage_data
     from quill.train import fastpaths, loop
-    from quill.train.batches import build_loader, collate, encode_split
+    from quill.train.batches import collate
     from quill.train.runfolder import RunFolder
 
-    cfg = load_config(TINY, ["stages.dapt.adapter.dropout=0.1", "stages.dapt.train.compile=on",
-                             "stages.dapt.train.micro_batch=3", "stages.dapt.train.grad_accum=1",
-                             "stages.dapt.train.max_steps=null", "stages.dapt.train.eval_every=null"])
-    stage = cfg.stage("dapt")
-    model, tok, tpl = models.load_base(cfg.model)
-    torch.manual_seed(0)
-    model = models.apply_adapter(model, stage.adapter)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    data = prepare_stage_data(stage, TINY.parent)
-    enc = encode_split("poems", data.splits["train"], tok, tpl, stage.train.block_size, True)
+    model, inputs, before, enc = dapt_stage(tmp_path, [
+        "stages.dapt.adapter.dropout=0.1", "stages.dapt.train.compile=on", "stages.dapt.train.micro_batch=3",
+        "stages.dapt.train.grad_accum=1", "stages.dapt.train.max_steps=null", "stages.dapt.train.eval_every=null"])
     assert len(enc.sequences) % 3 != 0  # a short last micro-batch
     shapes = []
 
@@ -175,11 +175,9 @@ def test_compiled_training_pads_every_micro_batch_to_one_shape_and_trains_only_l
 
     monkeypatch.setattr(loop, "collate", recording_collate)
     monkeypatch.setattr(fastpaths, "compile_blocks", lambda m: len(fastpaths.repeated_blocks(m)))
-    result = loop.fit(model, loop.StageInputs("dapt", stage.train, enc,
-                                              build_loader("poems", data.splits["val"], tok, tpl, stage.train),
-                                              pad_id=tok.eos_token_id), Accelerator(cpu=True), RunFolder(tmp_path))
+    result = loop.fit(model, inputs, Accelerator(cpu=True), RunFolder(tmp_path))
     assert result["compiled_blocks"] == 2 and result["hashed_lora_dropout"] == 14
-    assert set(shapes) == {(3, stage.train.block_size)} and len(shapes) == -(-len(enc.sequences) // 3)
+    assert set(shapes) == {(3, inputs.train_cfg.block_size)} and len(shapes) == -(-len(enc.sequences) // 3)
     assert result["tokens"] == enc.tokens  # useful tokens: the padding rows are not counted
     for n, p in model.named_parameters():
         assert (not torch.equal(p.detach(), before[n])) == ("lora_" in n), n
