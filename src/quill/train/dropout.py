@@ -10,8 +10,8 @@ input and the seed instead of keeping them.
 
 Same p, same scaling (kept elements × 1/(1-p)), independent masks per module and per step, reproducible
 under ``torch.manual_seed``; the keep test has 24-bit resolution (p=0.05 → 0.05000001). Used only inside
-compiled blocks (``fastpaths.compile_blocks``): eagerly the hash is a dozen separate kernels, slower than
-ATen's dropout, so an uncompiled call uses ATen's.
+compiled blocks on a CPU (``fastpaths.training_fast_paths``): eagerly the hash is a dozen separate kernels,
+slower than ATen's dropout, so an uncompiled call uses ATen's.
 """
 from __future__ import annotations
 
