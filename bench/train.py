@@ -222,7 +222,8 @@ def main() -> None:
     p.add_argument("--compile", default="on", choices=["on", "off", "auto"],
                    help="quill's train.compile (default on: what auto picks for a stage of 64+ micro-batches, "
                         "which a bench run of a few steps is not); the compile time falls in the warm-up step")
-    p.add_argument("--lora-dropout", type=float, default=LORA["dropout"], help="both sides' LoRA dropout (default: the reference's 0.05; 0: quill's and peft's default)")
+    p.add_argument("--lora-dropout", type=float, default=LORA["dropout"],
+                   help="both sides' LoRA dropout (default: the reference's 0.05; 0: quill's and peft's default)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved repetitions (quill, baseline, ...)")
     p.add_argument("--no-packing", action="store_true",
                    help="quill with train.packing: false (length-grouped rows, long poems split, no attention mask)")
