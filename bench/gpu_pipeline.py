@@ -140,9 +140,9 @@ def main() -> None:
     for name in summary["stage_order"]:
         r = summary["stages"][name]
         train_s, tokens = train_s + r["wall_s"], tokens + r["tokens"]
+        val = [r.get("val_loss_before"), r.get("val_loss_after")]
         rows.append({"stage": name, "steps": r["steps"], "tokens": r["tokens"], "train s": r["wall_s"],
-                     "tok/s": r["tokens_per_s"], "val loss": " → ".join(f"{v:.4f}" for v in (r.get("val_loss_before"), r.get("val_loss_after"))
-                                                   if v is not None)})
+                     "tok/s": r["tokens_per_s"], "val loss": " → ".join(f"{v:.4f}" for v in val if v is not None)})
     rows.append({"stage": "both", "steps": sum(r["steps"] for r in rows), "tokens": tokens,
                  "train s": round(train_s, 1), "tok/s": round(tokens / max(train_s, 1e-9), 1), "val loss": ""})
     print(table(rows, ["stage", "steps", "tokens", "train s", "tok/s", "val loss"]))
