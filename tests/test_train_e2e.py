@@ -57,7 +57,7 @@ def test_run_folder_has_everything_later_steps_need(tiny_run):
     assert all("lr" in r and "tokens_per_s" in r for r in steps if "loss" in r)
 
 
-def dapt_stage(tmp_path, overrides=()):
+def dapt_stage(overrides=()):
     """The tiny config's DAPT stage, ready for ``fit``: (model, inputs, weights before, encoded train split)."""
     from quill import models
     from quill.data.prepare import prepare_stage_data
@@ -84,7 +84,7 @@ def test_lora_trains_only_adapter_weights(tmp_path):
     from quill.train.loop import fit
     from quill.train.runfolder import RunFolder
 
-    model, inputs, before, _enc = dapt_stage(tmp_path)
+    model, inputs, before, _enc = dapt_stage()
     fit(model, inputs, Accelerator(cpu=True), RunFolder(tmp_path))
     lora = [n for n in before if "lora_" in n]
     assert lora
@@ -162,7 +162,7 @@ def test_compiled_training_pads_every_micro_batch_to_one_shape_and_trains_only_l
     from quill.train.batches import collate
     from quill.train.runfolder import RunFolder
 
-    model, inputs, before, enc = dapt_stage(tmp_path, [
+    model, inputs, before, enc = dapt_stage([
         "stages.dapt.adapter.dropout=0.1", "stages.dapt.train.compile=on", "stages.dapt.train.micro_batch=3",
         "stages.dapt.train.grad_accum=1", "stages.dapt.train.max_steps=null", "stages.dapt.train.eval_every=null"])
     assert len(enc.sequences) % 3 != 0  # a short last micro-batch

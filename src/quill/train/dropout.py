@@ -33,10 +33,7 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
 
 def keep_mask(shape: torch.Size, seed: torch.Tensor, p: float, device: torch.device) -> torch.Tensor:
     """Bool mask of ``shape`` keeping each element with probability 1-p, a function of (index, seed)."""
-    numel = 1
-    for n in shape:
-        numel *= n
-    idx = torch.arange(numel, device=device, dtype=torch.int64).view(shape)
+    idx = torch.arange(shape.numel(), device=device, dtype=torch.int64).view(shape)
     h = _mix(_mix((idx + seed[0]) & _M32) ^ seed[1])
     return (h & ((1 << _BITS) - 1)) >= int(round(p * (1 << _BITS)))
 
@@ -57,7 +54,6 @@ class DroppedLoraA(nn.Module):
     def __init__(self, linear: nn.Linear, p: float):
         super().__init__()
         self.weight, self.bias, self.p = linear.weight, linear.bias, p
-        self.original = [linear]  # a list: not a submodule, so not in the state dict
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -69,7 +65,7 @@ class DroppedLoraA(nn.Module):
         return out if self.bias is None else out + self.bias
 
 
-def fuse_lora_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+def fuse_lora_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module, nn.Module]]:
     """Move each LoRA layer's dropout into its ``A`` projection; returns what ``unfuse_lora_dropout`` needs."""
     fused = []
     for module in list(model.modules()):
@@ -84,11 +80,11 @@ def fuse_lora_dropout(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]
             linear = module.lora_A[name]
             module.lora_A[name] = DroppedLoraA(linear, drop.p).train(linear.training)
             drops[name] = nn.Identity()
-            fused.append((module, name, drop))
+            fused.append((module, name, drop, linear))
     return fused
 
 
-def unfuse_lora_dropout(fused: list[tuple[nn.Module, str, nn.Module]]) -> None:
-    for module, name, drop in fused:
+def unfuse_lora_dropout(fused: list[tuple[nn.Module, str, nn.Module, nn.Module]]) -> None:
+    for module, name, drop, linear in fused:
         module.lora_dropout[name] = drop
-        module.lora_A[name] = module.lora_A[name].original[0]
+        module.lora_A[name] = linear
