@@ -49,7 +49,12 @@ def test_chat_arena_vote_results(page, live, tmp_path):
     expect(page.locator("#model-select option")).to_have_count(2)
     page.select_option("#model-select", "poet")
     page.fill("#chat-input", "Write a poem about the sea")
-    page.click("#chat-send")
+    expect(page.locator("#chat-form-select option")).to_have_count(7)  # the form picker: none, auto, sonnet, …
+    page.select_option("#chat-form-select", "sonnet")
+    page.select_option("#chat-form-select", "off")  # plain decoding keeps this test quick (poems: engine tests)
+    with page.expect_request("**/v1/chat/completions") as sent:
+        page.click("#chat-send")
+    assert sent.value.post_data_json["form"] == "off"
     expect(page.locator(".msg.user")).to_have_text("Write a poem about the sea")
     # streamed: text shows while the answer is still being written (the Stop button is live)
     page.wait_for_function("document.querySelector('.msg.assistant').textContent.length > 0 && "

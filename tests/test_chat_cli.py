@@ -71,10 +71,33 @@ def test_generate_and_continue(capsys):
 def test_real_cli_chat_with_piped_stdin():
     env = {**os.environ, "QUILL_GEN_COMPILE": "0"}
     proc = subprocess.run([sys.executable, "-m", "quill.cli", "chat", "tiny-llama", "--max-new-tokens", "4"],
-                          input="Write a poem\n/set temperature 2.5\n/reset\n/quit\n", capture_output=True,
+                          input="Write a poem\n/set temperature 1.5\n/reset\n/quit\n", capture_output=True,
                           text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert "poet> " in proc.stdout and "(temperature = 2.5)" in proc.stdout and "(conversation cleared)" in proc.stdout
+    assert "poet> " in proc.stdout and "(temperature = 1.5)" in proc.stdout and "(conversation cleared)" in proc.stdout
     bad = subprocess.run([sys.executable, "-m", "quill.cli", "generate", "tiny-llama", "x", "--temperature", "9"],
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "temperature" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_set_form_settings_and_bad_values_print_one_line_naming_them(tiny_llama):
+    out = io.StringIO()
+    session = ChatSession(engine(tiny_llama), out=out)
+    good = ["/set form sonnet", "/set rhyme ABAB", "/set lines 8", "/set meter iambic pentameter", "/set best_of 3",
+            "/set retries 2"]
+    bad = {"/set form ode": "form", "/set lines many": "lines", "/set lines 0": "lines", "/set rhyme AB1": "rhyme",
+           "/set meter sapphic verse": "meter", "/set best-of 99": "best_of", "/set temperature hot": "temperature"}
+    for line in good + list(bad):
+        assert session.command(line)
+    p = session.params
+    assert (p.form, p.rhyme, p.lines, p.meter, p.best_of, p.retries) == ("sonnet", "ABAB", 8, "iambic pentameter", 3, 2)
+    said = out.getvalue().splitlines()
+    assert "(form = sonnet)" in said and "(meter = iambic pentameter)" in said and "(best_of = 3)" in said
+    errors = [s for s in said if s.startswith("(not changed: ")]
+    assert [e.removeprefix("(not changed: ").split(":")[0] for e in errors] == list(bad.values())
+    assert len(said) == len(good) + len(bad)  # one line each
+    session.command("/set form off")
+    assert session.params.form is None and session.params.rhyme == "ABAB"
+    session.command("/help")
+    shown = out.getvalue()
+    assert all(k in shown for k in ("form (sonnet, haiku", "rhyme ABAB", "lines N", "meter iambic", "best_of N"))

@@ -131,3 +131,54 @@ stages:
     assert run_inspect(config, [], as_json=True, stage="sft") == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"sft"} and data["sft"]["rows_in"] == 8 and data["sft"]["token_lengths"]["train"]["n"] > 0
+
+
+def _poem_lines_of(rec) -> list[str]:
+    if "text" in rec:
+        return rec["text"].split("\n")
+    user, answer = rec["messages"][0]["content"], rec["messages"][-1]["content"]
+    return answer.split("\n") + user.split("\n")[1:]
+
+
+def assert_one_held_out_set(prepared: dict) -> None:
+    """No line of any stage's train row is a line of another stage's val/test row."""
+    for name, prep in prepared.items():
+        train = {text_key(x) for r in prep.splits["train"] for x in _poem_lines_of(r) if text_key(x)}
+        for other_name, other in prepared.items():
+            if other_name != name:
+                held = {text_key(x) for s in ("val", "test") for r in other.splits[s] for x in _poem_lines_of(r)}
+                assert not train & held, (name, other_name, sorted(train & held)[:3])
+
+
+def test_stages_reading_one_folder_share_one_held_out_set(tmp_path):
+    from quill.data.prepare import prepare_stages
+    folder = tmp_path / "poems"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"p{i:02d}.txt").write_text(f"poem {i} begins with the sea\nand poem {i} ends with the sky\n"
+                                              f"the moon of poem {i} is bright\nthe stars of poem {i} at night\n")
+    stages = [stage("dapt", source=str(folder), split={"val": 0.2, "seed": 0}),
+              StageConfig.model_validate({"name": "s2", "kind": "sft", "data": {
+                  "source": str(folder), "kind": "synthesize", "split": {"val": 0.1, "test": 0.1, "seed": 1},
+                  "synthesize": {"per_poem": 2}}})]
+    separately = {"s": prepare_stage_data(stages[0]), "s2": prepare_stage_data(stages[1])}
+    with pytest.raises(AssertionError):
+        assert_one_held_out_set(separately)  # today's bug: each stage alone trains on the other's val poems
+    prepared = prepare_stages(stages)
+    assert_one_held_out_set(prepared)
+    r1, r2 = prepared["s"].report, prepared["s2"].report
+    moved = sum(r1.get("held_out_across_stages", {}).values()) + sum(r2.get("held_out_across_stages", {}).values())
+    assert moved > 0
+    assert r1["rows_in"] == r1["rows_out"] + sum(r1["dropped"].values())
+    assert r2["rows_in"] == r2["poems_out"] + sum(r2["dropped"].values())
+    # stage 1 has no test split: what stage 2 holds out for test goes to stage 1's val
+    assert r1["splits"]["test"] == 0 and r1["splits"]["val"] > 8
+    assert "held out:" in format_report(r2) and "truth:" in format_report(r2)
+    assert all(t["rate"] == 1.0 for t in r2["truth"].values()) and r2["truth"]["lines"]["named"] > 0
+    # a stage prepared alone against stages already prepared (resume): its train avoids their eval poems
+    late = prepare_stage_data(stages[1], others=[prepared["s"]])
+    assert_one_held_out_set({"s": prepared["s"], "s2": late})
+    # extra keys (features) survive save/load; training reads only the messages
+    save_prepared(prepared["s2"], tmp_path / "data")
+    rec = load_prepared(tmp_path / "data").splits["train"][0]
+    assert rec["features"]["kind"] and set(rec["messages"][0]) == {"role", "content"}

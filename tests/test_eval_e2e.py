@@ -28,7 +28,8 @@ def tiny_run(tmp_path_factory):
 def test_eval_writes_report_files_with_every_metric(tiny_run):
     run_eval(tiny_run, quick=True, max_new_tokens=4)
     data = json.loads((tiny_run / "eval.json").read_text())
-    assert data["models"] == ["base", "dapt", "sft"]
+    assert data["models"] == ["base", "dapt", "sft", "sft+form"]     # the poet also decoded form-aware
+    assert data["intervals"]["sft+form"].keys() >= {"poetic_score", "stopped"}
     for m in ("base", "dapt", "sft"):
         assert set(METRIC_KEYS) <= set(data["metrics"][m])
         for stage in ("dapt", "sft"):

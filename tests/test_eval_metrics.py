@@ -1,11 +1,11 @@
 """Poetry metrics on hand-made poems whose answers are known by hand."""
 import pytest
 
-from quill.evaluate.metrics.adherence import adherence, form_met, stem, topic_share
+from quill.verse.adherence import adherence, form_met, stem, topic_share
 from quill.evaluate.metrics.copying import NgramIndex, copying
-from quill.evaluate.metrics.form import line_meters, meter, meter_fit, rhyme, stanzas, structure
-from quill.evaluate.metrics.phonetics import estimate_syllables, line_syllables, rhymes, stress_pattern, syllables, words
-from quill.evaluate.metrics.text import distinct_n, diversity, has_span_loop, repetition, stopping
+from quill.verse.form import line_meters, meter, meter_fit, rhyme, stanzas, structure
+from quill.verse.phonetics import estimate_syllables, line_syllables, rhymes, stress_pattern, syllables, words
+from quill.verse.text import distinct_n, diversity, has_span_loop, repetition, stopping
 from quill.evaluate.poetry import METRIC_KEYS, aggregate, score_poem
 
 COUPLET = "The sea is wide beneath the moon,\nAnd waves will sing a silver tune."

@@ -4,6 +4,7 @@ No training involved, so these tests pin the eval layer (losses, sampling, scori
 the end-to-end test with real training lives in test_eval_e2e.py.
 """
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,11 +57,12 @@ def fake_run(tmp: Path, with_models: bool = True) -> Path:
     return run
 
 
-def copying_sampler(model, tok, tpl, prompt, mode, n, seed, **kw):
-    """Fake sampler: recites a training poem for one prompt (copy metric must see it), stops every other time."""
+def copying_sampler(model, tok, tpl, requests, **kw):
+    """Fake batched sampler: recites a training poem for one prompt (copy metric must see it), stops every
+    other sample (j = seed % 1000: sample j of its prompt)."""
     text = json.loads((FIX / "poems.jsonl").read_text().splitlines()[0])["text"]
-    return [Sample(text=text if "sea and the sky" in prompt else f"seed {seed} sample {i}", finished=bool(i % 2 == 0),
-                   new_tokens=5) for i in range(n)]
+    return [Sample(text=text if "sea and the sky" in r.prompt else f"seed {r.seed} sample {r.seed % 1000}",
+                   finished=(r.seed % 1000) % 2 == 0, new_tokens=5) for r in requests]
 
 
 def test_run_eval_writes_files_with_every_metric(tmp_path):
@@ -69,8 +71,9 @@ def test_run_eval_writes_files_with_every_metric(tmp_path):
     for name in ("eval.json", "report.md", "report.html"):
         assert (run / name).is_file()
     saved = json.loads((run / "eval.json").read_text())
-    assert saved["models"] == ["base", "dapt", "sft"]
-    assert set(saved["metrics"]) == {"base", "dapt", "sft", "human"}
+    assert saved["models"] == ["base", "dapt", "sft", "sft+form"]      # the poet also decoded form-aware
+    assert set(saved["metrics"]) == {"base", "dapt", "sft", "sft+form", "human"}
+    assert set(saved["losses"]) == {"base", "dapt", "sft"}              # +form: the same weights, no losses
     for m in ("base", "dapt", "sft"):
         assert set(METRIC_KEYS) <= set(saved["metrics"][m])
         assert saved["metrics"][m]["stopped"] == 0.5 and saved["metrics"][m]["copied"] == 0.5
@@ -104,21 +107,24 @@ def test_run_eval_rejects_non_run(tmp_path):
         run_eval(tmp_path)
 
 
-def test_engine_and_fallback_samplers_report_stop_flags(tiny_llama, monkeypatch):
-    """Both sampling paths: n samples, at most max_new_tokens, a bool stop flag; same seed -> same text."""
+def test_engine_sampler_reports_stop_flags_and_is_seeded(tiny_llama):
+    """Batched engine sampling: one sample per request, at most max_new_tokens, a bool stop flag; the same
+    seed gives the same text whatever else shares the batch."""
     from quill.evaluate import sampling
     model, tok, tpl = tiny_llama
-    a = sampling.sample_prompt(model, tok, tpl, "Write a poem", "chat", 2, 7, max_new_tokens=3)
-    b = sampling.sample_prompt(model, tok, tpl, "Write a poem", "chat", 2, 7, max_new_tokens=3)
-    assert [s.text for s in a] == [s.text for s in b] and len(a) == 2
+    reqs = [sampling.Request("Write a poem", "chat", 7), sampling.Request("Write a poem", "chat", 8),
+            sampling.Request("The sea", "raw", 7)]
+    a = sampling.sample_requests(model, tok, tpl, reqs, max_new_tokens=3)
+    b = sampling.sample_requests(model, tok, tpl, reqs[:1], max_new_tokens=3)
+    assert len(a) == 3 and a[0].text == b[0].text
     assert all(s.new_tokens <= 3 and isinstance(s.finished, bool) for s in a)
-    monkeypatch.setattr(sampling, "_engine", lambda *a: None)
-    c = sampling.sample_prompt(model, tok, tpl, "The sea", "raw", 1, 7, max_new_tokens=3)
-    assert len(c) == 1 and c[0].new_tokens <= 3 and isinstance(c[0].finished, bool)
-    sampling.release_engine()
+    done = []
+    c = sampling.sample_requests(model, tok, tpl, reqs, batch_size=2, progress=lambda n, t: done.append(n),
+                                 max_new_tokens=3)
+    assert done == [2, 1] and [s.text for s in c] == [s.text for s in a]
 
 
-def test_stop_token_sets_finished(tiny_llama, monkeypatch):
+def test_stop_token_sets_finished(tiny_llama):
     """A model that emits a stop token at once must be recorded as finished (the stopping metric)."""
     import torch
 
@@ -136,10 +142,79 @@ def test_stop_token_sets_finished(tiny_llama, monkeypatch):
         def stop_token_ids(self, tokenizer):
             return [first]
 
-    for engine in (True, False):
-        if not engine:
-            monkeypatch.setattr(sampling, "_engine", lambda *a: None)
-        s = sampling.sample_prompt(model, tok, StopAtFirst(), "The sea", "raw", 1, 0, temperature=0.0,
-                                   repetition_penalty=1.0, max_new_tokens=5)
-        assert s[0].finished is True and s[0].new_tokens == 0, engine
-    sampling.release_engine()
+    s = sampling.sample_requests(model, tok, StopAtFirst(), [sampling.Request("The sea", "raw", 0)],
+                                 temperature=0.0, repetition_penalty=1.0, max_new_tokens=5)
+    assert s[0].finished is True and s[0].new_tokens == 0
+
+
+# --------------------------------------------------------------------------- seeds, intervals, +form, subsets
+def recording_sampler(calls):
+    """A fake sampler that records its requests; the poem depends on the seed (so samples differ)."""
+    def sampler(model, tok, tpl, requests, **kw):
+        calls.append(list(requests))
+        out = []
+        for r in requests:
+            j = r.seed % 1000
+            text = "The sea is wide\nthe tide is high" if j % 2 else f"a grey line {r.seed}\nno rhyme here at all"
+            out.append(Sample(text=text, finished=j != 2, new_tokens=4))
+        return out
+    return sampler
+
+
+def test_three_seeds_per_prompt_with_intervals_and_form_row(tmp_path):
+    run = fake_run(tmp_path)
+    (run / "config.yaml").write_text(yaml.safe_dump(tiny_config(eval={})))      # defaults: 3 seeds, plain,form
+    calls = []
+    data = run_eval(run, quick=True, losses=False, sampler=recording_sampler(calls))
+    assert data["samples_per_prompt"] == 3 and data["models"] == ["base", "dapt", "sft", "sft+form"]
+    base_seed = data["sampling"]["seed"]
+    for name in data["models"]:
+        rows = data["samples"][name]
+        assert len(rows) == 2 * 3
+        for i, pid in enumerate(["ref-raw", "ref-chat"]):
+            assert sorted(r["seed"] for r in rows if r["prompt_id"] == pid) == [base_seed + 1000 * i + j
+                                                                                 for j in range(3)]
+        for key, (lo, hi) in data["intervals"][name].items():
+            mean = data["metrics"][name][key]
+            assert lo - 1e-9 <= mean <= hi + 1e-9, (name, key)
+        assert "poetic_score" in data["intervals"][name]
+    assert data["intervals"]["sft"]["stopped"][0] < data["intervals"]["sft"]["stopped"][1]
+    # four sampler calls (one per row), only the +form one form-aware, with the same seeds as plain sft
+    assert [all(r.form for r in c) for c in calls] == [False, False, False, True]
+    assert [r.seed for r in calls[3]] == [r.seed for r in calls[2]]
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["intervals"]["sft"]["poetic_score"] == data["intervals"]["sft"]["poetic_score"]
+    md = (run / "report.md").read_text()
+    assert "| poetic_score |" in md and "sft+form" in md
+    assert re.search(r"\| stopped \| [0-9.]+ \[[0-9.]+, [0-9.]+\]", md)
+
+
+def test_models_subset_and_plain_decode(tmp_path):
+    run = fake_run(tmp_path)
+    calls = []
+    data = run_eval(run, quick=True, losses=False, write=False, models="base,sft", sampler=recording_sampler(calls))
+    assert data["models"] == ["base", "sft", "sft+form"]
+    data = run_eval(run, quick=True, write=False, models=["dapt"], decode="plain", sampler=recording_sampler(calls))
+    assert data["models"] == ["dapt"] and list(data["losses"]) == ["dapt"]
+    data = run_eval(run, quick=True, losses=False, write=False, decode="plain", sampler=recording_sampler(calls))
+    assert data["models"] == ["base", "dapt", "sft"]
+    with pytest.raises(EvalError, match="no model named poet"):
+        run_eval(run, quick=True, write=False, models="base,poet", sampler=recording_sampler(calls))
+    with pytest.raises(EvalError, match="--decode"):
+        run_eval(run, quick=True, write=False, decode="plain,fancy", sampler=recording_sampler(calls))
+
+
+def test_best_of_keeps_the_best_candidate(tmp_path):
+    run = fake_run(tmp_path)
+
+    def sampler(model, tok, tpl, requests, **kw):
+        # candidate 1 (seed + 1e6) recites the topic and stops; candidate 0 loops and never stops
+        return [Sample(text="the sea the sea the sea the sea" if r.seed < 1_000_000 else "The sky\nabove the sea",
+                       finished=r.seed >= 1_000_000, new_tokens=4) for r in requests]
+
+    data = run_eval(run, quick=True, losses=False, write=False, models="sft", decode="plain", best_of=2,
+                    sampler=sampler)
+    rows = data["samples"]["sft"]
+    assert all(r["best_of"]["kept"] == 1 and r["text"].startswith(("The sky", "The sea is blue")) for r in rows)
+    m = data["metrics"]["sft"]
+    assert m["poetic_score"] > m["poetic_score_single"] and m["loop"] == 0.0

@@ -103,6 +103,11 @@ def test_sse_wire_format(server):
     ({"model": "poet", "messages": [{"role": "wizard", "content": "x"}]}, 400, None),
     ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "stop": [""]}, 400, "stop"),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "form": "ode"}, 400, "form"),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "lines": 0}, 400, "lines"),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "rhyme": "AB1"}, 400, "rhyme"),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "meter": "sapphic"}, 400, "meter"),
+    ({"model": "poet", "messages": [{"role": "user", "content": "x"}], "best_of": 0}, 400, "best_of"),
 ])
 def test_bad_requests_get_a_4xx_json_error_and_the_server_keeps_serving(server, body, status, param):
     r = post(server, "/v1/chat/completions", body)

@@ -182,3 +182,50 @@ def test_compiled_training_pads_every_micro_batch_to_one_shape_and_trains_only_l
     for n, p in model.named_parameters():
         assert (not torch.equal(p.detach(), before[n])) == ("lora_" in n), n
     assert type(model.base_model.model.model.layers[0].mlp.up_proj.lora_dropout["default"]).__name__ == "Dropout"
+
+
+def test_train_prepares_stages_reading_one_folder_with_one_held_out_set(tmp_path, capsys):
+    """`quill train`'s data step (``_prepare_all``): when both stages read one folder, no poem of one
+    stage's val/test is in the other's train, also when a resumed run loads one stage and prepares the other."""
+    from types import SimpleNamespace
+
+    from quill.data.clean import text_key
+    from quill.train.pipeline import _prepare_all
+    from quill.train.runfolder import RunFolder
+
+    folder = tmp_path / "poems"
+    folder.mkdir()
+    for i in range(40):
+        (folder / f"p{i:02d}.txt").write_text(f"poem {i} begins with the sea\nand poem {i} ends with the sky\n"
+                                              f"the moon of poem {i} is bright\nthe stars of poem {i} at night\n")
+    cfg = load_config(TINY, [f"stages.dapt.data.source={folder}", f"stages.sft.data.source={folder}",
+                             "stages.sft.data.kind=synthesize", "stages.sft.data.split.seed=1"])
+    main = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+
+    def lines(rec):
+        texts = [rec["text"]] if "text" in rec else [m["content"] for m in rec["messages"]]
+        return {text_key(x) for t in texts for x in t.split("\n") if text_key(x).count(" ") >= 2}
+
+    def assert_one_held_out_set(prepared):
+        for name, prep in prepared.items():
+            train = set().union(*map(lines, prep.splits["train"]))
+            for other, oprep in prepared.items():
+                if other != name:
+                    held = set().union(*(lines(r) for s in ("val", "test") for r in oprep.splits[s]))
+                    assert held and not train & held, (name, other, sorted(train & held)[:3])
+
+    run = RunFolder(tmp_path / "run")
+    prepared = _prepare_all(cfg, run, TINY.parent, main, resume=False)
+    assert_one_held_out_set(prepared)
+    out = capsys.readouterr().out
+    assert "[dapt] data:" in out and "[sft] data:" in out
+    assert (run.data("sft") / "report.json").exists()
+    # resume: dapt's saved data is loaded as it is; sft is prepared again, around dapt's held-out poems
+    dapt_before = (run.data("dapt") / "train.jsonl").read_text()
+    for path in run.data("sft").iterdir():
+        path.unlink()
+    again = _prepare_all(cfg, run, TINY.parent, main, resume=True)
+    out = capsys.readouterr().out
+    assert "[dapt] data:" not in out and "[sft] data:" in out
+    assert (run.data("dapt") / "train.jsonl").read_text() == dapt_before
+    assert_one_held_out_set(again)

@@ -24,7 +24,7 @@ def test_early_stopping_after_patience_evaluations_without_improvement():
     stops = []
     for _ in range(5):
         state["step"] += 1
-        stops.append(_evaluate_and_maybe_stop(lambda loader: {"loss": next(vals)}, SimpleNamespace(name="s", val=None),
+        stops.append(_evaluate_and_maybe_stop(lambda loader: {"loss": next(vals)}, SimpleNamespace(name="s", val=None, samples=None),
                                               state, run, acc, cfg))
     assert stops == [False, False, False, True, True]
     assert state["best_val"] == 1.5

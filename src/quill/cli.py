@@ -16,14 +16,31 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="override a config value, e.g. --set stages.dapt.train.lr=5e-5 (repeatable)")
 
 
+def _setting_help(key: str) -> str:
+    from quill.config import GenerationConfig  # names, bounds and help: the one definition of the settings
+    return (GenerationConfig.model_fields[key].description or "").replace("%", "%%")
+
+
 def _sampling_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling (defaults: the run's generation settings)")
-    g.add_argument("--temperature", type=float)
-    g.add_argument("--top-p", type=float)
-    g.add_argument("--top-k", type=int)
-    g.add_argument("--repetition-penalty", type=float)
-    g.add_argument("--max-new-tokens", type=int)
-    g.add_argument("--seed", type=int)
+    g.add_argument("--temperature", type=float, help=_setting_help("temperature"))
+    g.add_argument("--top-p", type=float, help=_setting_help("top_p"))
+    g.add_argument("--top-k", type=int, help=_setting_help("top_k"))
+    g.add_argument("--repetition-penalty", type=float, help=_setting_help("repetition_penalty"))
+    g.add_argument("--max-new-tokens", type=int, help=_setting_help("max_new_tokens"))
+    g.add_argument("--seed", type=int, help=_setting_help("seed"))
+    _form_args(p)
+
+
+def _form_args(p: argparse.ArgumentParser, defaults: str = "the run's generation settings") -> None:
+    from quill.config import FORM_CHOICES, FORM_OFF
+    g = p.add_argument_group(f"the poem's shape: form-aware decoding (defaults: {defaults})")
+    g.add_argument("--form", choices=[*FORM_CHOICES, *FORM_OFF], help=_setting_help("form"))
+    g.add_argument("--lines", type=int, help=_setting_help("lines"))
+    g.add_argument("--rhyme", metavar="SCHEME", help=_setting_help("rhyme"))
+    g.add_argument("--meter", metavar="METER", help=_setting_help("meter"))
+    g.add_argument("--retries", type=int, help=_setting_help("retries"))
+    g.add_argument("--best-of", type=int, help=_setting_help("best_of"))
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
@@ -71,9 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
     # ---- evaluation
     p = sub.add_parser("eval", help="losses, poetry metrics and samples for base / each stage; report.md/html")
     p.add_argument("run", help="run folder")
-    p.add_argument("--samples", type=int, help="samples per prompt (default: config eval.samples_per_prompt)")
+    p.add_argument("--samples", type=int, help="seeds per prompt (default: config eval.samples_per_prompt, 3)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--quick", action="store_true", help="the reference's two prompts only")
+    p.add_argument("--models", help="comma-separated subset of base and the stage names (default: all)")
+    p.add_argument("--decode", help="plain, form or plain,form (default: config eval.decode, plain,form): "
+                                    "form adds the poet decoded form-aware as '<model>+form'")
+    p.add_argument("--best-of", type=int, help="samples per (prompt, seed); keep the best by poetic score")
+    p.add_argument("--batch-size", type=int, help="rows per batched generation call (default: eval.batch_size)")
+    p.add_argument("--losses", action=argparse.BooleanOptionalAction, default=True,
+                   help="the loss/perplexity table (--no-losses skips it)")
     p = sub.add_parser("sweep", help="train every point of a grid and tabulate losses and metrics")
     _config_args(p)
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -107,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=int, default=1024, help="largest max_tokens a request may ask for")
     g.add_argument("--max-concurrent", type=int, default=32, help="queued + running generations per model (429 beyond)")
     g.add_argument("--generation-timeout", type=float, default=300.0, help="seconds before a generation is cut")
+    _form_args(p, defaults="each run's generation settings; a request's own fields win")
     _backend_args(p)
     p = sub.add_parser("arena", help="arena results")
     asub = p.add_subparsers(dest="arena_verb", metavar="ACTION")
@@ -116,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sampling(args) -> dict:
-    keys = ["temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed"]
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    from quill.config import GenerationConfig
+    return {k: getattr(args, k) for k in GenerationConfig.model_fields if getattr(args, k, None) is not None}
 
 
 def dispatch(args) -> int | None:
@@ -139,7 +164,9 @@ def dispatch(args) -> int | None:
         return 0
     if verb == "eval":
         from quill.evaluate.run import run_eval
-        run_eval(args.run, samples=args.samples, max_new_tokens=args.max_new_tokens, quick=args.quick)
+        run_eval(args.run, samples=args.samples, max_new_tokens=args.max_new_tokens, quick=args.quick,
+                 losses=args.losses, models=args.models, decode=args.decode, best_of=args.best_of,
+                 batch_size=args.batch_size)
         return 0
     if verb == "sweep":
         from quill.evaluate.sweep import run_sweep
@@ -162,7 +189,7 @@ def dispatch(args) -> int | None:
                              max_tokens=args.max_tokens, max_concurrent=args.max_concurrent,
                              generation_timeout_s=args.generation_timeout)
         return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db,
-                          limits=limits, **_backend(args))
+                          limits=limits, defaults=_sampling(args), **_backend(args))
     if verb == "arena":
         from quill.generate.arena import print_results
         return print_results(args.db)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from quill.config import ConfigError, PipelineConfig, StageConfig, load_config
-from quill.data.prepare import PreparedData, prepare_stage_data
+from quill.data.prepare import PreparedData, prepare_stages
 from quill.data.report import format_report, length_stats
 from quill.errors import QuillError
 from quill.data.pack import IGNORE_INDEX  # defined once, in pack.py
@@ -30,8 +30,10 @@ def run_inspect(config_path: str | Path, overrides: list[str] | None = None, as_
     cfg = load_config(config_path, overrides)
     stages = _select(cfg, stage)
     base_dir = Path(config_path).resolve().parent
-    # data first: a bad source fails in a second, before the (slow) tokenizer load
-    prepared_stages = [(st, prepare_stage_data(st, base_dir)) for st in stages]
+    # data first: a bad source fails in a second, before the (slow) tokenizer load; every stage is prepared
+    # (even with --stage) because the stages share one held-out set, as in training
+    prepared_all = prepare_stages(cfg.stages, base_dir)
+    prepared_stages = [(st, prepared_all[st.name]) for st in stages]
     tokenizer, template, note = _load_tokenizer(cfg)
     results: dict[str, dict] = {}
     for st, prepared in prepared_stages:
@@ -40,7 +42,8 @@ def run_inspect(config_path: str | Path, overrides: list[str] | None = None, as_
                  for rec in prepared.splits["train"][:max(0, examples)]] if tokenizer is not None else []
         if as_json:
             results[st.name] = {**{k: prepared.report.get(k) for k in (
-                "source", "kind", "rows_in", "rows_out", "dropped", "splits", "special_tokens_removed")},
+                "source", "kind", "rows_in", "rows_out", "dropped", "splits", "special_tokens_removed",
+                "pairs_by_kind", "mix", "truth", "held_out_across_stages") if k in prepared.report},
                 "token_lengths": {k: length_stats(v) for k, v in lengths.items()}, "examples": shown}
             continue
         print(f"=== stage {st.name} ({st.kind}, data: {st.data.kind}) ===")

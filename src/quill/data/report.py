@@ -63,6 +63,18 @@ def format_report(report: dict, token_lengths: dict[str, list[int]] | None = Non
                                                                    if v) + ")")
         kinds = report.get("pairs_by_kind", {})
         out.append("pairs:    " + ", ".join(f"{k} {v:,}" for k, v in kinds.items()))
+        mix = report.get("mix") or {}
+        for key, label in (("form", "forms"), ("scheme", "schemes"), ("meter", "meters"), ("named", "named")):
+            if mix.get(key):
+                out.append(f"{label + ':':<9} " + ", ".join(f"{k} {v:,}" for k, v in mix[key].items()))
+        truth = report.get("truth") or {}
+        if truth:
+            out.append("truth:    " + ", ".join(f"{k} {t['rate']:.2f} of {t['named']:,}" for k, t in truth.items())
+                       + "  (share of pairs whose answer has what the prompt names)")
+    moved = report.get("held_out_across_stages") or {}
+    if moved:
+        out.append("held out: " + ", ".join(f"{k} {v:,}" for k, v in moved.items())
+                   + " (train rows held out by another stage of the run, moved out of train)")
     out.append(f"rows out: {report.get('rows_out', 0):,}")
     splits = report.get("splits") or {}
     out.append("splits:   " + " | ".join(f"{k} {v:,}" for k, v in splits.items()))

@@ -14,6 +14,14 @@ Within a split, rows keep their source order (training shuffles; reports stay re
 Data sets that come with splits (``keep_existing``) keep them; missing val/test splits asked for are
 carved out of train the same way. Duplicates are removed across splits too, keeping the copy in the
 evaluation split (test, then val) so a published test set stays intact and train never contains it.
+
+Across stages (:func:`hold_out_across`): when two stages read the same poems (the demo's two Gutenberg
+stages, one folder given to both), each stage's split alone would let stage 2 train on stage 1's val
+poems. So a train row that shares a poem line (or the whole poem) with a val/test row of *another*
+stage moves to that evaluation split in its own stage (to the other one if its stage has no such split,
+out of the stage if it has neither), repeated until nothing moves: one held-out set for the whole run.
+Passages of different sizes are compared by their lines, so an 8-line and a 6-line passage that
+overlap are caught.
 """
 from __future__ import annotations
 
@@ -85,6 +93,51 @@ def make_splits(source: dict[str, list[dict]], cfg: SplitConfig, key: Key, dedup
         return {name: sub[name] if name in carve or name == "train" else [r for _, r in out[name]]
                 for name in SPLITS}, +dropped
     return {name: [r for _, r in pairs] for name, pairs in out.items()}, +dropped
+
+
+def hold_out_across(stage_splits: list[dict[str, list[dict]]], keys: list[Callable[[dict], set[str]]],
+                    has_split: list[dict[str, bool]], frozen: int = 0) -> list[Counter]:
+    """Move train rows that overlap another stage's val/test rows into an eval split (in place).
+
+    ``keys[i](row)`` gives the overlap keys of a row of stage ``i`` (its normalised lines and its
+    whole-text key); ``has_split[i]`` says which eval splits stage ``i`` has (asked for or non-empty).
+    The first ``frozen`` stages are only read (stages already prepared and saved). Returns, per stage,
+    the counts moved to "val" / "test" and "dropped" (a stage with no eval split at all).
+    """
+    moved = [Counter() for _ in stage_splits]
+    row_keys = [{id(r): keys[i](r) for rows in splits.values() for r in rows}
+                for i, splits in enumerate(stage_splits)]
+    changed = True
+    while changed:
+        changed = False
+        owner: dict[str, dict[int, str]] = {}  # key -> {stage: its strongest eval split}
+        for i, splits in enumerate(stage_splits):
+            for name in ("val", "test"):
+                for r in splits.get(name, []):
+                    for k in row_keys[i][id(r)]:
+                        slot = owner.setdefault(k, {})
+                        if slot.get(i) != "test":
+                            slot[i] = name
+        for i, splits in enumerate(stage_splits):
+            if i < frozen:
+                continue
+            kept = []
+            for r in splits.get("train", []):
+                found = {name for k in row_keys[i][id(r)] for j, name in owner.get(k, {}).items() if j != i}
+                if not found:
+                    kept.append(r)
+                    continue
+                want = "test" if "test" in found else "val"
+                other = "val" if want == "test" else "test"
+                target = want if has_split[i].get(want) else other if has_split[i].get(other) else None
+                if target is None:
+                    moved[i]["dropped"] += 1
+                else:
+                    splits.setdefault(target, []).append(r)
+                    moved[i][target] += 1
+                changed = True
+            splits["train"] = kept
+    return moved
 
 
 def _dedupe(pairs: list[tuple[str, dict]], seen: set[str]) -> tuple[list[tuple[str, dict]], int]:

@@ -1,16 +1,30 @@
 """Instruction pairs made from poems, so stage 2 (SFT) works offline with any poem corpus.
 
-Each poem yields up to ``per_poem`` pairs of distinct kinds, chosen among the kinds in ``SynthConfig.kinds``
-that honestly apply to it (a poem without an author gets no "in the style of" request):
+The rule: a prompt asks only for what its answer measurably has. Each poem is measured once with
+:func:`quill.verse.describe.describe` (line count, rhyme scheme, dominant meter, named form), and each
+kind of pair names its own feature plus, with chance ``SynthConfig.combine`` each, the other features
+that hold ("Write a 12-line poem in rhyming couplets about the sea", "Write an ABAB quatrain in iambic
+tetrameter about the moon"):
 
-- ``topic``: "Write a poem about {tag}" from tags/themes; without tags, a topic from the poem's own
-  salient words (a frequent non-stopword that follows "the/my/thy…", i.e. probably a noun);
-- ``style``: "Write a poem in the style of {author}";   ``title``: 'Write a poem titled "{title}"';
-- ``continue``: the first two lines as the prompt, the rest of the poem as the answer;
-- ``lines``: "Write a {N}-line poem about {topic}" (poems of 2–40 lines);
-- ``form``: only when the shape says so: 14 lines -> sonnet, 3 lines near 5-7-5 syllables -> haiku,
-  4 lines -> quatrain, every stanza two lines -> couplets.
-The answer is the poem text (for ``continue``: the lines after the prompt).
+- ``topic``: "Write a poem about {topic}"; ``style``: "... in the style of {author}" (known authors only);
+- ``title``: 'Write a poem titled "{title}"'; ``continue``: the first two lines as the prompt, the rest
+  (>= 2 lines) as the answer;
+- ``lines``: the true line count (poems of 2-40 lines), as a digit or a number word ("eight-line");
+- ``form``: sonnet / haiku / limerick / quatrain / rhyming couplets, only when ``describe`` finds it
+  (a sonnet is 14 lines that rhyme like one, not any 14 lines);
+- ``scheme``: "rhyming ABAB", "in rhyming couplets", "unrhymed"; ``meter``: "in iambic pentameter".
+The topic is a tag, or a dictionary word the poem uses at least once as a noun (closing a phrase after
+"the/my/thy…", possibly past one modifier: "the dark sea"), repeated words and early words first, sometimes
+two joined by "and" ("the sea and the sky"); only one for which ``topic_share(answer, topic_words) == 1.0``:
+the evaluation's own topic check holds for every pair. Since the evaluation's prompts almost all name a topic,
+most pairs do: ``lines`` / ``scheme`` / ``meter`` / ``form`` / ``continue`` pairs name it with chance
+``max(combine, 0.8)`` ("Continue this poem about the sea:", the topic of the part to write).
+Phrasings stay readable by a prompt parser: form words, line counts as "8 lines" / "8-line" /
+"eight-line", schemes in capitals, meters by their usual names.
+
+Each record keeps ``features``: the answer's measured ``lines``, ``stanzas``, ``scheme``, ``meter``,
+``form``, the ``kind``, the named ``topic`` words and ``asked`` (what the prompt names, by feature).
+Training reads only ``messages``; :func:`truth_rates` re-measures every answer against ``asked``.
 
 Determinism: every choice comes from a ``random.Random`` seeded by the seed and the poem's text, so a
 poem gets the same pairs whatever else is in the corpus and in whatever order (same idea as split.py).
@@ -21,19 +35,20 @@ import hashlib
 import random
 import re
 from collections import Counter
+from functools import lru_cache
 
 from quill.config import SynthConfig
+from quill.verse.adherence import form_met, stem, topic_share
+from quill.verse.describe import describe, dominant_meter, scheme_name
+from quill.verse.form import poem_lines
+from quill.verse.phonetics import phones, words as verse_words
 
-PROMPTS = {
-    "topic": ["Write a poem about {topic}.", "Can you write a poem about {topic}?",
-              "Compose a short poem on {topic}.", "I'd love a poem about {topic}."],
-    "style": ["Write a poem in the style of {author}.", "Can you write a poem for me in the style of {author}?",
-              "Compose a poem the way {author} would."],
-    "title": ['Write a poem titled "{title}".', 'Can you write a poem called "{title}"?'],
-    "continue": ["Continue this poem:\n{opening}", "Here is the start of a poem. Finish it:\n{opening}"],
-    "lines": ["Write a {n}-line poem about {topic}.", "Write a poem of {n} lines about {topic}."],
-    "form": ["Write a {form} about {topic}.", "Can you write a {form} about {topic}?"],
-}
+HEADS = ["Write {np}.", "Can you write {np}?", "Compose {np}.", "I'd love {np}.", "Please write {np}."]
+STYLE = ["in the style of {author}", "the way {author} would write it"]
+TITLE = ['Write a poem titled "{title}".', 'Can you write a poem called "{title}"?']
+CONTINUE = ["Continue this poem{about}:\n{opening}", "Here is the start of a poem{about}. Finish it:\n{opening}"]
+NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+                "fifteen sixteen seventeen eighteen nineteen twenty").split()
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below
 between both but by can could did do does doing down during each even ever every few for from further
@@ -43,12 +58,23 @@ only or other our ours out over own said same say see shall she should so some s
 their theirs them then there these they this those thou thee thy thine ye yet through till to too under
 until up upon us very was we were what when where which while who whom whose why will with would you
 your yours yourself hath doth art wert shalt wilt canst dost thus ere nay yea oh ah lo 'tis twas o'er
-e'er ne'er come came go went know knew old new shall every many long away back well day things thing
+e'er ne'er tis twas wilt hast didst hadst art ay aye come came go went know knew old new shall every many long away back well day things thing
 little great good sweet fair dear young last first whole poor true best least next far full ever
 """.split())
-_DETERMINERS = frozenset("the a an my thy his her our their your its this that these those".split())
-_WORD = re.compile(r"[a-z][a-z']+")
+_DETERMINERS = frozenset("the a an my thy thine mine his her our their your its this these those every each no"
+                         .split())  # not "that": as often a relative pronoun ("that shines")
+_NOT_TOPICS = frozenset(NUMBER_WORDS) | frozenset("""way side part kind sort end rest half sake manner lot
+green gray grey white black red blue golden bright soft swift mighty proud deep high low wild pale silent gentle
+fierce bold brave noble holy sad glad dull fairest sooner sublime steep wide vast strange honest bland""".split())
+# ^ adjectives that poems use bare ("the swift", "the green"): "a poem about the swift" misleads
+_TOKEN = re.compile(r"[a-z][a-z']*|[^a-z\s']|\n")
+_ABSTRACT = frozenset("""love life death time hope joy grief woe peace war faith fear sorrow beauty truth pain fate
+youth age memory nature silence sleep glory honour honor pride shame despair music heaven hell mercy grace
+fame wisdom loss longing solitude courage anger desire innocence regret friendship childhood freedom liberty
+happiness sadness loneliness darkness light spring summer autumn winter twilight midnight dawn night""".split())
 TOPIC_CHARS = 2000
+PAIRED_TOPIC = 0.35        # chance of a two-word topic ("the sea and the sky") when the poem has two
+TOPIC_IN_OTHERS = 0.8      # chance that a lines / scheme / meter / form / continue pair also names the topic
 
 
 def synthesize(poems: list[dict], cfg: SynthConfig) -> tuple[list[dict], Counter]:
@@ -66,22 +92,26 @@ def pairs_for_poem(poem: dict, cfg: SynthConfig) -> list[tuple[str, dict]]:
     """Up to ``cfg.per_poem`` (kind, record) pairs for one poem, of distinct applicable kinds."""
     digest = hashlib.sha1(f"{cfg.seed}:{poem['text']}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))
-    lines = [ln for ln in poem["text"].split("\n") if ln.strip()]
+    facts = describe(poem["text"])
     topic = _topic(poem, rng)
-    candidates = [k for k in cfg.kinds if _applies(k, poem, lines, topic)]
+    candidates = [k for k in cfg.kinds if _applies(k, poem, facts, topic)]
     rng.shuffle(candidates)
     out = []
     for kind in candidates[:cfg.per_poem]:
-        prompt, answer = _make(kind, poem, lines, topic, rng)
+        prompt, answer, asked = _make(kind, poem, facts, topic, rng, cfg.combine)
+        measured = facts if answer == poem["text"] else describe(answer)
         record = {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]}
         for key in ("title", "author"):
             if poem.get(key):
                 record[key] = poem[key]
+        record["features"] = {"kind": kind, **{k: measured[k] for k in ("lines", "stanzas", "scheme", "meter",
+                                                                         "form")},
+                              "topic": asked.get("topic", []), "asked": asked}
         out.append((kind, record))
     return out
 
 
-def _applies(kind: str, poem: dict, lines: list[str], topic: str | None) -> bool:
+def _applies(kind: str, poem: dict, facts: dict, topic: tuple | None) -> bool:
     if kind == "topic":
         return topic is not None
     if kind == "style":
@@ -89,78 +119,206 @@ def _applies(kind: str, poem: dict, lines: list[str], topic: str | None) -> bool
     if kind == "title":
         return bool(poem.get("title")) and len(poem["title"]) <= 80
     if kind == "continue":
-        return len(lines) >= 4
+        return facts["lines"] >= 4  # two lines of opening, at least two of answer
     if kind == "lines":
-        return topic is not None and 2 <= len(lines) <= 40
-    if kind == "form":
-        return topic is not None and detect_form(poem["text"]) is not None
+        return 2 <= facts["lines"] <= 40
+    if kind in ("form", "scheme", "meter"):
+        return facts[kind] is not None
     return False
 
 
-def _make(kind: str, poem: dict, lines: list[str], topic: str | None, rng: random.Random) -> tuple[str, str]:
-    template = rng.choice(PROMPTS[kind])
+def _make(kind: str, poem: dict, facts: dict, topic: tuple | None, rng: random.Random,
+          combine: float) -> tuple[str, str, dict]:
+    """(prompt, answer, asked): ``asked`` maps each feature the prompt names to its value."""
     if kind == "continue":
-        # cut after the second non-blank line, keeping the rest's stanza breaks intact
-        raw = poem["text"].split("\n")
+        raw = poem["text"].split("\n")  # cut after the second non-blank line, keeping later stanza breaks
         seen = cut = 0
         while seen < 2:
             seen += bool(raw[cut].strip())
             cut += 1
-        return template.format(opening="\n".join(raw[:cut])), "\n".join(raw[cut:]).strip("\n")
-    title = (poem.get("title") or "").rstrip(".").strip()  # 'titled "Inconstancy."?' reads badly
-    fields = {"topic": topic, "author": poem.get("author"), "title": title, "n": len(lines),
-              "form": detect_form(poem["text"]) if kind == "form" else None}
-    return template.format(**fields), poem["text"]
+        answer = "\n".join(raw[cut:]).strip("\n")
+        about = _topic({"text": answer, "tags": poem.get("tags")}, rng)  # a topic of what is left to write
+        asked = {"topic": list(about[1])} if about and rng.random() < max(combine, TOPIC_IN_OTHERS) else {}
+        prompt = rng.choice(CONTINUE).format(opening="\n".join(raw[:cut]), about=f" about {about[0]}" if asked else "")
+        return prompt, answer, asked
+    if kind == "title":
+        title = (poem.get("title") or "").rstrip(".").strip()  # 'titled "Inconstancy."?' reads badly
+        return rng.choice(TITLE).format(title=title), poem["text"], {"title": title}
+    asked: dict = {}
+    form = facts["form"] if kind == "form" else None
+    if form:
+        asked["form"] = form
+        if form == "couplets":
+            asked["scheme"] = "couplets"
+    if kind == "style":
+        asked["author"] = poem["author"]
+    if kind in ("scheme", "meter"):
+        asked[kind] = facts[kind]
+    if kind == "lines" or (form in (None, "couplets") and 2 <= facts["lines"] <= 40 and rng.random() < combine):
+        asked["lines"] = facts["lines"]
+    if (form in (None, "quatrain") and facts["scheme"] and "scheme" not in asked and rng.random() < combine
+            and not (form == "quatrain" and facts["scheme"] == "unrhymed")):
+        asked["scheme"] = facts["scheme"]
+    if form != "haiku" and facts["meter"] and "meter" not in asked and rng.random() < combine:
+        asked["meter"] = facts["meter"]
+    if topic and (kind == "topic" or rng.random() < (combine if kind == "style" else max(combine, TOPIC_IN_OTHERS))):
+        asked["topic"] = list(topic[1])
+    return _phrase(asked, topic[0] if topic else None, rng), poem["text"], asked
 
 
-def _topic(poem: dict, rng: random.Random) -> str | None:
-    """A tag when there are tags (lower-cased, '&' -> 'and'), else salient words of the text."""
+def _phrase(asked: dict, topic_phrase: str | None, rng: random.Random) -> str:
+    """One prompt naming exactly the features in ``asked``, in one of several phrasings."""
+    noun = {"sonnet": "sonnet", "haiku": "haiku", "limerick": "limerick", "quatrain": "quatrain"}.get(
+        asked.get("form", ""), "poem")
+    before, after = [], []
+    if "lines" in asked:
+        n = asked["lines"]
+        count = NUMBER_WORDS[n] if n < len(NUMBER_WORDS) and rng.random() < 0.4 else str(n)
+        (before.append(f"{count}-line") if rng.random() < 0.5 else after.append(f"of {count} lines"))
+    scheme = asked.get("scheme")
+    if scheme == "couplets":
+        after.append(rng.choice(["in rhyming couplets", "in couplets"]))
+    elif scheme == "unrhymed":
+        before.insert(0, "unrhymed")
+    elif scheme and noun == "quatrain" and rng.random() < 0.5:
+        before.insert(0, scheme)
+    elif scheme:
+        after.append(rng.choice(["rhyming {s}", "with the rhyme scheme {s}", "with an {s} rhyme scheme"]
+                                ).format(s=scheme))
+    if "meter" in asked:
+        after.append(f"in {asked['meter']}")
+    if "topic" in asked:
+        after.append(rng.choice(["about {t}", "on {t}"]).format(t=topic_phrase))
+    if "author" in asked:
+        after.append(rng.choice(STYLE).format(author=asked["author"]))
+    head = " ".join([*before, noun])
+    np = f"{_article(head)} {head}" + "".join(
+        (", " if i and rng.random() < 0.3 and part.startswith(("in ", "rhyming")) else " ") + part
+        for i, part in enumerate(after))
+    return rng.choice(HEADS).format(np=np)
+
+
+def _article(phrase: str) -> str:
+    first = phrase.split("-")[0].split()[0]
+    if first[0].isdigit():
+        return "an" if first.startswith("8") or first in ("11", "18") else "a"
+    return "an" if first[0].lower() in "aeiou" else "a"
+
+
+def _topic(poem: dict, rng: random.Random) -> tuple[str, tuple[str, ...]] | None:
+    """(phrase, topic words): a tag the poem is about (lower-cased, '&' -> 'and'), else its best noun
+    ("the sea"), sometimes with the next best ("the sea and the sky"); either way every topic word passes
+    the evaluation's ``topic_share`` on the poem."""
     tags = [t for t in poem.get("tags") or [] if len(t) <= 40]
-    if tags:
-        return rng.choice(tags).lower().replace("&", "and")
-    return salient_topic(poem["text"])
+    rng.shuffle(tags)
+    for tag in tags:
+        phrase = tag.lower().replace("&", "and").strip()
+        topic_words = tuple(w for w in verse_words(phrase) if w not in STOPWORDS)
+        if topic_words and topic_share(poem["text"], list(topic_words)) == 1.0:
+            return phrase, topic_words
+    found = [w for w in topic_candidates(poem["text"]) if topic_share(poem["text"], [w]) == 1.0]
+    if not found:
+        return None
+    chosen = found[:2] if len(found) > 1 and rng.random() < PAIRED_TOPIC else found[:1]
+    return " and ".join(w if _abstract(w) else "the " + w for w in chosen), tuple(chosen)
 
 
 def salient_topic(text: str) -> str | None:
-    """"the sea" for a poem about the sea: the most frequent non-stopword seen after a determiner
-    (a cheap noun detector), else the most frequent non-stopword; None for a text without words."""
-    # the opening is enough to say what a poem is about, and keeps epics from dominating the run time
-    words = _WORD.findall(text[:TOPIC_CHARS].lower().replace("\u2019", "'"))
-    content = Counter(w for w in words if w not in STOPWORDS and len(w) > 2)
-    if not content:
+    """"the sea" for a poem about the sea ("love" for one about love): the best of :func:`topic_candidates`,
+    None when it has none."""
+    found = topic_candidates(text)
+    if not found:
         return None
-    first = {}
-    for i, w in enumerate(words):
-        first.setdefault(w, i)  # ties go to the word that comes first
-    nouns = Counter(w for prev, w in zip(words, words[1:]) if prev in _DETERMINERS and w in content)
-    if nouns:
-        return "the " + max(nouns, key=lambda w: (nouns[w] + content[w], -first[w]))
-    return max(content, key=lambda w: (content[w], -first[w]))
+    return found[0] if _abstract(found[0]) else "the " + found[0]
 
 
-def syllables(word: str) -> int:
-    """Rough English syllable count (vowel groups, silent final e): good enough to recognise a haiku."""
-    word = re.sub(r"[^a-z]", "", word.lower())
-    if not word:
-        return 0
-    count = len(re.findall(r"[aeiouy]+", word))
-    if word.endswith("e") and not word.endswith(("le", "ee")) and count > 1:
-        count -= 1
-    return max(1, count)
+def _abstract(word: str) -> bool:
+    """Named without an article: "a poem about love", "about sadness" (but "about the sea")."""
+    return word in _ABSTRACT or (word.endswith("ness") and len(word) > 6)
 
 
-def detect_form(text: str) -> str | None:
-    """The named form the poem's shape clearly has, or None (we never guess beyond line counts)."""
-    lines = [ln for ln in text.split("\n") if ln.strip()]
-    stanzas = [s for s in re.split(r"\n\s*\n", text.strip()) if s.strip()]
-    if len(lines) == 14:
-        return "sonnet"
-    if len(lines) == 3:
-        counts = [sum(syllables(w) for w in ln.split()) for ln in lines]
-        if all(abs(c - t) <= 1 for c, t in zip(counts, (5, 7, 5))):
-            return "haiku"
-    if len(lines) == 4:
-        return "quatrain"
-    if len(stanzas) >= 2 and all(len([ln for ln in s.split("\n") if ln.strip()]) == 2 for s in stanzas):
-        return "poem in couplets"
-    return None
+def topic_candidates(text: str) -> list[str]:
+    """Words the poem is about, best first: dictionary words (not stopwords, not elisions like "fill'd" nor
+    Middle English spellings like "sche") used at least once as a noun, i.e. closing a noun phrase right
+    after a determiner or possessive ("the sea,", "my love is") or after one modifier that follows one
+    ("the dark sea"). A cheap noun detector: a word followed by another content word ("the wind blows",
+    "the dark ...") is a modifier or the subject of a verb phrase and is not taken there. Ranked by how
+    often the poem uses the word (counted by stem, so "wave" and "waves" add up), then by its first place."""
+    toks = _tokens(text)
+    content = [t != "|" and t not in STOPWORDS for t in toks]
+    stems = Counter(stem(t) for t, c in zip(toks, content) if c and _topic_word(t))
+    slots: Counter = Counter()
+    modifies: Counter = Counter()  # "the soft hand": used as a modifier, more likely an adjective
+    first: dict[str, int] = {}
+    for i, w in enumerate(toks):
+        if not content[i] or not _topic_word(w):
+            continue
+        after_det = i >= 1 and toks[i - 1] in _DETERMINERS
+        if i + 1 < len(toks) and content[i + 1]:
+            modifies[w] += after_det
+            continue
+        after_mod = (i >= 2 and toks[i - 2] in _DETERMINERS and content[i - 1]
+                     and not (len(w) >= 5 and w.endswith("ed")))  # "the gift bestowed": a participle
+        if after_det or after_mod:
+            slots[w] += 1
+            first.setdefault(w, i)
+    ranked = sorted(slots, key=lambda w: (-(stems[stem(w)] + slots[w] - 2 * modifies[w]), first[w]))
+    out, seen = [], set()
+    for w in ranked:  # one word a stem: "wave" and "waves" are one topic
+        if stem(w) not in seen:
+            seen.add(stem(w))
+            out.append(w)
+    return out
+
+
+def _tokens(text: str) -> list[str]:
+    """Lower-cased words of the poem's opening, with "|" for each punctuation mark and line end (a noun
+    phrase ends there). The opening is enough to say what a poem is about and keeps epics fast."""
+    out = []
+    for m in _TOKEN.finditer(text[:TOPIC_CHARS].lower().replace("\u2019", "'")):
+        t = m.group()
+        out.append(t.strip("'") if t[0].isalpha() else "|")
+    return out
+
+
+@lru_cache(maxsize=1 << 16)
+def _topic_word(w: str) -> bool:
+    return (len(w) > 2 and "'" not in w and w not in STOPWORDS and w not in _NOT_TOPICS
+            and not (len(w) >= 6 and w.endswith("ly")) and bool(phones(w)))
+
+
+# --------------------------------------------------------------------------- what the data set teaches
+TRUTH_CHECKS = {
+    "topic": lambda answer, value: topic_share(answer, list(value)) == 1.0,
+    "lines": lambda answer, value: len(poem_lines(answer)) == value,
+    "form": lambda answer, value: bool(form_met(answer, value)),
+    "scheme": lambda answer, value: scheme_name(answer) == value,
+    "meter": lambda answer, value: dominant_meter(answer) == value,
+}
+
+
+def truth_rates(records: list[dict]) -> dict[str, dict]:
+    """Per named feature: how many pairs name it and the share whose answer, re-measured, has it (1.0)."""
+    named: Counter = Counter()
+    true: Counter = Counter()
+    for rec in records:
+        answer = rec["messages"][-1]["content"]
+        for feature, value in ((rec.get("features") or {}).get("asked") or {}).items():
+            if feature in TRUTH_CHECKS:
+                named[feature] += 1
+                true[feature] += TRUTH_CHECKS[feature](answer, value)
+    return {f: {"named": named[f], "rate": round(true[f] / named[f], 4)} for f in TRUTH_CHECKS if named[f]}
+
+
+def mix(records: list[dict]) -> dict[str, dict]:
+    """Pairs by kind, by the answer's measured form / scheme / meter, and by what the prompts name."""
+    out: dict[str, Counter] = {"kind": Counter(), "form": Counter(), "scheme": Counter(), "meter": Counter(),
+                               "named": Counter()}
+    for rec in records:
+        feats = rec.get("features") or {}
+        out["kind"][feats.get("kind", "?")] += 1
+        out["form"][feats.get("form") or "none"] += 1
+        out["scheme"][feats.get("scheme") or "irregular"] += 1
+        out["meter"][feats.get("meter") or "none"] += 1
+        out["named"].update(list(feats.get("asked") or {}))
+    return {k: dict(c.most_common()) for k, c in out.items()}

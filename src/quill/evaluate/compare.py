@@ -17,7 +17,8 @@ from quill.evaluate.report import read_metrics_jsonl
 from quill.evaluate.tables import csv_text, html_img, html_page, html_table, md_table
 from quill.errors import QuillError
 
-KEY_METRICS = ["rhymed_lines", "meter_iambic", "distinct_2", "repeated_lines", "stopped", "copied", "form_ok"]
+KEY_METRICS = ["poetic_score", "rhymed_lines", "meter_iambic", "distinct_2", "repeated_lines", "stopped", "copied",
+               "form_ok"]
 STAGE_FIELDS = [("train_loss", "train loss"), ("val_loss_after", "val loss"), ("test_loss", "test loss")]
 
 
@@ -26,8 +27,9 @@ def _read_json(path: Path) -> dict:
 
 
 def final_model(eval_data: dict) -> str | None:
-    """The last model evaluated (the final stage, else base): the one a run is judged by."""
-    models = eval_data.get("models") or []
+    """The last model evaluated with plain decoding (the final stage, else base): the one a run is judged by
+    ("<model>+form" rows, form-aware decoding of the same weights, are reported beside it)."""
+    models = [m for m in eval_data.get("models") or [] if "+" not in m]
     return models[-1] if models else None
 
 
@@ -61,6 +63,9 @@ def run_row(run: Path) -> dict:
     row["evaluated"] = final
     for k in KEY_METRICS:
         row[k] = metrics.get(k)
+    form = ((ev.get("metrics") or {}).get(f"{final}+form") or {}).get("poetic_score")
+    if form is not None:
+        row["poetic_score +form"] = form
     return row
 
 

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 from quill.evaluate.metrics.copying import NgramIndex
-from quill.evaluate.poetry import aggregate, score_poem
+from quill.evaluate.poetry import score_poem
 
 HUMAN_LIMIT = 200      # poems scored for the human reference; enough for stable means, fast to score
 
@@ -62,10 +62,10 @@ def human_poems(run: Path, stages: list[str], limit: int = HUMAN_LIMIT, seed: in
 
 
 def human_reference(run: Path, stages: list[str], index: NgramIndex | None = None,
-                    limit: int = HUMAN_LIMIT) -> tuple[dict | None, dict]:
-    """(aggregated metrics or None, {"source", "poems"}) for the held-out human poems."""
+                    limit: int = HUMAN_LIMIT) -> tuple[list[dict], dict]:
+    """(per-poem metric dicts, {"source", "poems"}) for the held-out human poems ([] when there are none);
+    ``poetry.aggregate`` / ``poetry.intervals`` turn the rows into the human column."""
     texts, source = human_poems(run, stages, limit)
     if not texts:
-        return None, {"source": None, "poems": 0}
-    rows = [score_poem(t, index=index) for t in texts]
-    return aggregate(rows), {"source": source, "poems": len(texts)}
+        return [], {"source": None, "poems": 0}
+    return [score_poem(t, index=index) for t in texts], {"source": source, "poems": len(texts)}

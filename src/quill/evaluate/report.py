@@ -1,5 +1,7 @@
 """report.md and a self-contained report.html from an eval.json dict (and the run's metrics.jsonl).
 
+Metric cells are ``mean [lo, hi]``: the mean over samples and its 95% bootstrap interval (eval.json
+``intervals``), so two models' rows can be told apart from noise; ``poetic_score`` is the first row.
 The report is a pure function of its inputs: ``quill eval`` computes eval.json once, and the
 report can be rebuilt from it (``write_report``) without loading any model. The HTML embeds its
 figures as base64 PNG and escapes every sample, so it can be mailed or opened from anywhere.
@@ -16,7 +18,7 @@ from quill.evaluate.poetry import HEADLINE, METRIC_KEYS
 from quill.evaluate.tables import fence, fmt, html_img, html_page, html_table, md_table
 
 SPLITS = ("train", "val", "test")
-SAMPLE_NOTE_KEYS = ("rhymed_lines", "meter_iambic", "distinct_2", "copy_longest")
+SAMPLE_NOTE_KEYS = ("poetic_score", "rhymed_lines", "meter_iambic", "distinct_2", "copy_longest")
 
 
 def perplexity(loss: float | None) -> float | None:
@@ -43,7 +45,7 @@ def loss_table(data: dict) -> tuple[list[str], list[list]]:
     if not cols:
         return ["model"], []
     rows = []
-    for model in data.get("models") or list(losses):
+    for model in [m for m in (data.get("models") or list(losses)) if m in losses]:  # "+form" rows: same weights
         row: list = [model]
         for stage, sp in cols:
             cell = ((losses.get(model) or {}).get(stage) or {}).get(sp)
@@ -61,11 +63,28 @@ def metric_columns(data: dict) -> list[str]:
     return names + [m for m in (data.get("metrics") or {}) if m not in names]
 
 
+def _two(x: float) -> str:
+    return f"{x:.2f}" if abs(x) < 1000 else fmt(x)
+
+
+def with_interval(value, ci) -> object:
+    """A metric cell: ``0.52 [0.41, 0.63]`` with its interval (when known and not a single point), floats to
+    two decimals, anything else (None, counts) as is."""
+    if value is None or isinstance(value, bool) or not isinstance(value, float):
+        return value
+    if not ci or ci[0] == ci[1]:
+        return _two(value)
+    return f"{_two(value)} [{_two(float(ci[0]))}, {_two(float(ci[1]))}]"
+
+
 def metrics_table(data: dict) -> tuple[list[str], list[list]]:
     cols = metric_columns(data)
     metrics = data.get("metrics") or {}
-    keys = [k for k in METRIC_KEYS + ["copy_longest_max", "n"] if any(k in metrics[c] for c in cols)]
-    return ["metric"] + cols, [[k] + [metrics[c].get(k) for c in cols] for k in keys]
+    cis = data.get("intervals") or {}
+    extra = sorted({k for c in cols for k in metrics[c]} - set(METRIC_KEYS) - {"copy_longest_max", "n"})
+    keys = [k for k in METRIC_KEYS + extra + ["copy_longest_max", "n"] if any(k in metrics[c] for c in cols)]
+    return ["metric"] + cols, [[k] + [with_interval(metrics[c].get(k), (cis.get(c) or {}).get(k)) for c in cols]
+                               for k in keys]
 
 
 def _samples_by_prompt(data: dict) -> list[tuple[dict, dict[str, list[dict]]]]:
@@ -89,11 +108,14 @@ def render_markdown(data: dict) -> str:
     out = [f"# quill evaluation: {data.get('run', '')}", ""]
     out.append(f"Base model `{data.get('model', '?')}`; suite `{(data.get('suite') or {}).get('name', '?')}` "
                f"(v{(data.get('suite') or {}).get('version', '?')}), {data.get('samples_per_prompt', '?')} "
-               f"sample(s) per prompt; sampling {json.dumps(data.get('sampling') or {})}.")
+               f"sample(s) per prompt (seed = {data.get('seeds') or 'fixed'})"
+               + (f", best of {data['best_of']} by poetic score" if (data.get("best_of") or 1) > 1 else "")
+               + f"; sampling {json.dumps(data.get('sampling') or {})}.")
     out += ["", "## Loss (token-weighted) and perplexity", ""]
     h, r = loss_table(data)
     out += [md_table(h, r) if r else "(no losses)", ""]
-    out += ["## Poetry metrics (means over samples; human = held-out corpus poems)", ""]
+    out += ["## Poetry metrics (means over samples [95% bootstrap interval]; human = held-out corpus poems; "
+            "`+form` = form-aware decoding)", ""]
     h, r = metrics_table(data)
     out += [md_table(h, r) if r else "(no metrics)", ""]
     if data.get("human"):

@@ -1,19 +1,30 @@
-"""Sampling for the eval suite: N samples per prompt with fixed seeds, and whether each one stopped.
+"""Sampling for the eval suite: every (prompt, seed) of a model as one list of requests, decoded in batches.
 
-Eval must record, per sample, whether generation ended with the end-of-turn / EOS token or ran into
-``max_new_tokens`` (the stopping metric), and be reproducible: seed ``base_seed + prompt index``, the
-N samples of a prompt drawn in one batch. The serving engine (``quill.generate.engine.Engine``,
-``generate_batch``, finish_reason "stop"/"length") does exactly that with the same prompt formatting
-as chat and serve, so it is used when present; ``model.generate`` is the fallback, formatting prompts
-the same way (chat through ``PromptTemplate.encode_prompt``, raw as plain text as DAPT saw poems).
+Eval records, per sample, whether generation ended with the end-of-turn / EOS token or ran into
+``max_new_tokens`` (the stopping metric), and is reproducible: each request carries its own seed (see
+``quill.evaluate.run.sample_suite``: seed = base + 1000 * prompt index + j) and the engine gives each row
+of a batch its own generator, so a sample does not depend on which others share its batch. The serving
+engine (``quill.generate.engine.Engine.generate_batch``) formats prompts as chat and serve do (chat through
+the checkpoint's template, raw as plain text as DAPT saw poems); a request with ``form=True`` is decoded
+form-aware (``SamplingParams(form="auto")``: the shape is read from the prompt's own words).
+
+``sample_requests`` is the default sampler; ``run_eval(sampler=...)`` swaps in any callable with its
+signature (tests use fakes that never load a model).
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-
-import torch
+from typing import Callable
 
 from quill.data.template import encode_text
+from quill.generate.engine import Engine
+from quill.generate.sampling import SamplingParams
+from quill.verse.forms import FormError, form_spec
+
+DEFAULT_BATCH_SIZE = 24
+
+Progress = Callable[[int, int], None]     # (poems done in this call, tokens they generated)
 
 
 @dataclass
@@ -23,42 +34,13 @@ class Sample:
     new_tokens: int
 
 
-_ENGINE: dict = {}      # one cached engine: the model being evaluated (eval loads models one at a time)
-
-
-def _engine(model, tokenizer, template):
-    """The serving engine around ``model``, or None when quill.generate.engine is not available."""
-    try:
-        from quill.generate.engine import Engine
-    except ImportError:
-        return None
-    cached = _ENGINE.get("engine")
-    if cached is None or cached.model is not model or cached.template is not template:
-        _ENGINE.clear()
-        # fast=False: batches run through the model directly; a compiled single-stream decoder is not needed
-        _ENGINE["engine"] = Engine(model, tokenizer, template, name="eval", fast=False)
-    return _ENGINE["engine"]
-
-
-def release_engine() -> None:
-    """Drop the cached engine (and its reference to the last model) so that model can be freed."""
-    _ENGINE.clear()
-
-
-def sample_prompt(model, tokenizer, template, prompt: str, mode: str, n: int, seed: int, temperature: float = 0.7,
-                  top_p: float = 0.95, top_k: int = 0, repetition_penalty: float = 1.1,
-                  max_new_tokens: int = 160, **_ignored) -> list[Sample]:
-    """``n`` samples for one prompt (temperature 0: greedy, the n copies agree)."""
-    engine = _engine(model, tokenizer, template)
-    if engine is None:
-        return _sample_hf(model, tokenizer, template, prompt, mode, n, seed, temperature, top_p, top_k,
-                          repetition_penalty, max_new_tokens)
-    ids = engine.chat_prompt([{"role": "user", "content": prompt}]) if mode == "chat" else engine.text_prompt(prompt)
-    params = engine.params(temperature=temperature, top_p=top_p, top_k=top_k, repetition_penalty=repetition_penalty,
-                           max_new_tokens=max_new_tokens, seed=seed)
-    results = engine.generate_batch([list(ids)] * n, params)
-    return [Sample(text=r.text.strip("\n"), finished=r.finish_reason == "stop", new_tokens=len(r.token_ids))
-            for r in results]
+@dataclass(frozen=True)
+class Request:
+    """One generation: a suite prompt, how it is sent (``chat`` / ``raw``), its seed, form-aware or plain."""
+    prompt: str
+    mode: str = "chat"
+    seed: int = 0
+    form: bool = False
 
 
 def prompt_ids(tokenizer, template, prompt: str, mode: str) -> list[int]:
@@ -68,35 +50,56 @@ def prompt_ids(tokenizer, template, prompt: str, mode: str) -> list[int]:
     return encode_text(tokenizer, prompt)
 
 
-def stop_ids(tokenizer, template) -> list[int]:
-    ids = list(template.stop_token_ids(tokenizer))
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
+def request_params(req: Request, settings: dict) -> SamplingParams:
+    """The request's sampling settings: the run's (``settings``, no seed) with its seed and form."""
+    return SamplingParams.from_settings(settings, seed=req.seed, form="auto" if req.form else None)
 
 
-@torch.no_grad()
-def _sample_hf(model, tokenizer, template, prompt: str, mode: str, n: int, seed: int, temperature: float,
-               top_p: float, top_k: int, repetition_penalty: float, max_new_tokens: int) -> list[Sample]:
-    """Fallback: ``model.generate`` with the stop tokens as EOS; finished = a stop token came before the limit."""
-    from transformers import set_seed
-    ids = prompt_ids(tokenizer, template, prompt, mode)
-    stops = stop_ids(tokenizer, template)
-    device = next(model.parameters()).device
-    input_ids = torch.tensor([ids] * n, device=device)
-    set_seed(seed)
-    sampling = temperature > 0
-    out = model.generate(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), do_sample=sampling,
-        temperature=temperature if sampling else None, top_p=top_p if sampling else None,
-        top_k=(top_k or None) if sampling else None, repetition_penalty=repetition_penalty,
-        max_new_tokens=max_new_tokens, eos_token_id=stops,
-        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0])
-    samples = []
-    for row in out[:, len(ids):].tolist():
-        # generate pads finished rows with pad (often == eos): cut at the first stop token
-        cut = next((i for i, t in enumerate(row) if t in stops), None)
-        body = row if cut is None else row[:cut]
-        text = tokenizer.decode(body, skip_special_tokens=True)
-        samples.append(Sample(text=text.strip("\n"), finished=cut is not None, new_tokens=len(body)))
-    return samples
+def expected_lines(req: Request) -> int:
+    """Lines a form-aware request will be held to (0 for plain ones and prompts naming no shape): form rows
+    get a token budget per line, so the long ones (sonnets) are batched together, not with haiku."""
+    if not req.form:
+        return 0
+    try:
+        spec = form_spec("auto", prompt=req.prompt)
+    except FormError:
+        return 0
+    return (spec.lines or 0) if spec else 0
+
+
+def sample_requests(model, tokenizer, template, requests: list[Request], batch_size: int = DEFAULT_BATCH_SIZE,
+                    progress: Progress | None = None, **settings) -> list[Sample]:
+    """One sample per request, in request order, decoded ``batch_size`` rows at a time.
+
+    A batch runs until its slowest row ends, so rows are batched in order of the length they are expected
+    to run (form rows: the lines asked for), then of prompt length (less left padding); results come back
+    in request order."""
+    if not requests:
+        return []
+    engine = Engine(model, tokenizer, template, name="eval", fast=False)
+    ids = [prompt_ids(tokenizer, template, r.prompt, r.mode) for r in requests]
+    lines = [expected_lines(r) for r in requests]
+    order = sorted(range(len(requests)), key=lambda i: (requests[i].form, lines[i], len(ids[i])))
+    out: list[Sample | None] = [None] * len(requests)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        results = engine.generate_batch([ids[i] for i in chunk], [request_params(requests[i], settings) for i in chunk],
+                                        prompt_texts=[requests[i].prompt for i in chunk])
+        for i, r in zip(chunk, results):
+            out[i] = Sample(text=r.text.strip("\n"), finished=r.finish_reason == "stop", new_tokens=len(r.token_ids))
+        if progress is not None:
+            progress(len(chunk), sum(len(r.token_ids) for r in results))
+    return [s for s in out if s is not None]
+
+
+class Rate:
+    """poems/s and tokens/s for a progress bar's postfix."""
+
+    def __init__(self):
+        self.t0, self.poems, self.tokens = time.perf_counter(), 0, 0
+
+    def add(self, poems: int, tokens: int) -> dict:
+        self.poems += poems
+        self.tokens += tokens
+        dt = max(time.perf_counter() - self.t0, 1e-9)
+        return {"poems_s": f"{self.poems / dt:.2f}", "tok_s": f"{self.tokens / dt:,.0f}"}

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quill.config import REFERENCE_PROMPTS
-from quill.evaluate.metrics.adherence import FORMS
+from quill.verse.adherence import FORMS
 
 DEFAULT_SUITE = "suite_v1"
 _HERE = Path(__file__).parent

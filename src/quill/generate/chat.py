@@ -14,14 +14,18 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from quill.config import FORM_CHOICES
 from quill.generate.engine import Engine
-from quill.generate.sampling import SAMPLING_KEYS, SamplingError, parse_setting
+from quill.generate.sampling import SAMPLING_KEYS, SamplingError, SamplingParams, parse_setting
 
-HELP = """commands:
+HELP = f"""commands:
   /reset              forget the conversation (the system message stays)
-  /save FILE          write the conversation as JSON ({"messages": [...]})
+  /save FILE          write the conversation as JSON ({{"messages": [...]}})
   /set KEY VALUE      change a sampling setting: temperature, top_p, top_k, repetition_penalty,
                       max_new_tokens, seed (e.g. /set temperature 0.9; /set seed none)
+                      or the poem's shape: form ({', '.join(FORM_CHOICES)}; off),
+                      lines N, rhyme ABAB or couplets, meter iambic pentameter, retries N (tries per
+                      line), best_of N (e.g. /set form sonnet; /set form off; /set rhyme none)
   /system TEXT        set the system message (/system alone removes it)
   /settings           show the sampling settings
   /help               this help
@@ -31,8 +35,8 @@ HELP = """commands:
 class ChatSession:
     """The conversation state and commands, separate from the terminal so tests can drive it."""
 
-    def __init__(self, engine: Engine, out: TextIO = sys.stdout, **sampling: Any):
-        self.engine, self.out = engine, out
+    def __init__(self, engine: Engine, out: TextIO | None = None, **sampling: Any):
+        self.engine, self.out = engine, out or sys.stdout  # sys.stdout when called, not when imported
         # A chat answers differently each time unless a seed is asked for (the run's seed is for `generate`).
         self.params = engine.params(**sampling)
         if sampling.get("seed") is None:
@@ -106,7 +110,7 @@ class ChatSession:
             self.say(f"(that message is too long for the context window of {self.engine.context_length} tokens)")
             return ""
         self.out.write("poet> ")
-        stream = self.engine.stream(ids, self.params)
+        stream = self.engine.stream(ids, self.params, prompt_text=text)  # form: auto reads the request
         pieces: list[str] = []
         try:
             for delta in stream:
@@ -142,6 +146,7 @@ class ChatSession:
 
 
 def run_chat(run: str, backend: str | None = None, quantize: str | None = None, **sampling: Any) -> int:
+    SamplingParams.from_settings(None, **sampling)  # a bad flag fails before the model loads
     engine = Engine.load(run, backend=backend, quantize=quantize)
     try:
         import readline  # noqa: F401 - line editing and history for input()

@@ -16,78 +16,22 @@ An engine is not thread-safe: one generation at a time (the server gives each mo
 """
 from __future__ import annotations
 
-import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
 from quill.data.template import encode_text
 from quill.errors import QuillError
+from quill.generate.batch import BatchRow, decode_batch, form_budget
+from quill.generate.lines import Vocabulary
+from quill.generate.results import Cancel, GenerationResult, GenerationStream, cancelled
 from quill.generate.sampling import SamplingParams, make_generator, sample_next
 from quill.generate.text import Detokenizer, StopText
-
-Cancel = Callable[[], bool] | threading.Event | None
-
+from quill.verse.score import checks_from_prompt, score_text
 
 class PromptTooLong(QuillError, ValueError):
     """The prompt leaves no room for a single new token in the model's context window."""
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    prompt_tokens: int
-    finish_reason: str = "length"  # "stop": a stop token; "length": max_new_tokens / context; "cancelled"
-    time_to_first_token: float | None = None
-    seconds: float = 0.0
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Decode speed: tokens after the first over the time after the first (prefill excluded)."""
-        decode = self.seconds - (self.time_to_first_token or 0.0)
-        return (self.completion_tokens - 1) / decode if self.completion_tokens > 1 and decode > 0 else 0.0
-
-
-def _cancelled(cancel: Cancel) -> bool:
-    if cancel is None:
-        return False
-    if isinstance(cancel, threading.Event):
-        return cancel.is_set()
-    return bool(cancel())
-
-
-class GenerationStream:
-    """Iterate for text deltas; ``result`` is set once the iteration ends (or ``close()`` stops it)."""
-
-    def __init__(self, gen: Iterator[str]):
-        self._gen = gen
-        self.result: GenerationResult | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        return self
-
-    def __next__(self) -> str:
-        try:
-            return next(self._gen)
-        except StopIteration as stop:
-            self.result = stop.value
-            raise StopIteration from None
-
-    def close(self) -> None:
-        self._gen.close()
-
-    def consume(self) -> GenerationResult:
-        for _ in self:
-            pass
-        assert self.result is not None
-        return self.result
 
 
 class Engine:
@@ -104,6 +48,7 @@ class Engine:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         from quill.generate.fast import make_decoder
         self.decoder = decoder if decoder is not None else make_decoder(model, self.context_length, fast)
+        self._vocabulary: Vocabulary | None = None
 
     @classmethod
     def load(cls, spec: str, name: str | None = None, dtype: Any = "auto", fast: str | bool = "auto",
@@ -146,9 +91,6 @@ class Engine:
         """The run's sampling defaults with ``overrides`` (None values ignored), validated."""
         return SamplingParams.from_settings(self.defaults.to_dict(), **overrides)
 
-    def count_tokens(self, text: str) -> int:
-        return len(encode_text(self.tokenizer, text))
-
     def _budget(self, n_prompt: int, params: SamplingParams) -> int:
         room = self.context_length - n_prompt
         if n_prompt == 0:
@@ -160,15 +102,21 @@ class Engine:
 
     # ------------------------------------------------------------------ batch 1, streamed
     def stream(self, prompt_ids: list[int], params: SamplingParams | None = None,
-               cancel: Cancel = None) -> GenerationStream:
-        """Text deltas as they are decoded. Raises PromptTooLong at once (before any work)."""
+               cancel: Cancel = None, prompt_text: str | None = None) -> GenerationStream:
+        """Text deltas as they are decoded. Raises PromptTooLong at once (before any work).
+
+        Settings that ask for a form (``form``, ``lines``, ``rhyme``, ``meter``; ``form: auto`` reads
+        ``prompt_text``, the request's own words) decode line by line (``generate/lines.py``) and stream
+        each line once it is accepted; ``best_of`` > 1 samples that many and streams the best at once."""
         params = params or self.defaults
         budget = self._budget(len(prompt_ids), params)
+        if params.form_spec(prompt_text) is not None or params.best_of > 1:
+            return GenerationStream(self._stream_form(list(prompt_ids), params, prompt_text, cancel))
         return GenerationStream(self._run(list(prompt_ids), params, budget, cancel))
 
     def generate(self, prompt_ids: list[int], params: SamplingParams | None = None,
-                 cancel: Cancel = None) -> GenerationResult:
-        return self.stream(prompt_ids, params, cancel).consume()
+                 cancel: Cancel = None, prompt_text: str | None = None) -> GenerationResult:
+        return self.stream(prompt_ids, params, cancel, prompt_text).consume()
 
     def _run(self, prompt_ids: list[int], params: SamplingParams, budget: int, cancel: Cancel):
         start = time.perf_counter()
@@ -200,7 +148,7 @@ class Engine:
                     break
                 if len(result.token_ids) >= budget:
                     break
-                if _cancelled(cancel):
+                if cancelled(cancel):
                     result.finish_reason = "cancelled"
                     break
                 logits = self.decoder.step(token)
@@ -214,62 +162,110 @@ class Engine:
         result.seconds = time.perf_counter() - start
         return result
 
-    # ------------------------------------------------------------------ batches (evaluation)
-    def generate_batch(self, prompts: list[list[int]], params: SamplingParams | None = None,
-                       cancel: Cancel = None) -> list[GenerationResult]:
-        """Several prompts at once, left-padded (so every row's last token is at the same position, with
-        position ids counted from each row's first real token); each row stops on its own stop token and
-        then only pads until the slowest row is done. Rows draw from one seeded generator, so a sampled
-        row differs from the same prompt generated alone; greedy rows match it. ``params.stop`` strings are
-        for ``stream``/``generate`` (the server); here only the template's stop tokens end a row."""
-        params = params or self.defaults
+    # ------------------------------------------------------------------ batches, forms, best-of
+    def vocabulary(self) -> Vocabulary:
+        """Token facts for form-aware decoding (line breaks, word tokens), computed on first use."""
+        if self._vocabulary is None:
+            self._vocabulary = Vocabulary(self.tokenizer, self.vocab)
+        return self._vocabulary
+
+    def _rows(self, prompts: list[list[int]], params: list[SamplingParams],
+              prompt_texts: list[str | None]) -> list[BatchRow]:
+        rows = []
+        for ids, p, text in zip(prompts, params, prompt_texts):
+            spec = p.form_spec(text)
+            want = form_budget(spec, p) if spec is not None else p.max_new_tokens
+            budget = self._budget(len(ids), p.with_(max_new_tokens=want))
+            topic = checks_from_prompt(text).get("topic", []) if spec is not None and text else []
+            rows.append(BatchRow(list(ids), p, spec, budget, sorted(self.stop_ids), topic))
+        return rows
+
+    def _decode(self, rows: list[BatchRow], cancel: Cancel = None):
+        """Run ``decode_batch`` over the rows; yields (row, line) for accepted form lines; returns results."""
+        seconds = yield from decode_batch(self.model, self.tokenizer, rows, pad_id=self.pad_id,
+                                          stop_ids=self.stop_ids, vocab_size=self.vocab, vocab=self.vocabulary,
+                                          device=self.device, cancel=lambda: cancelled(cancel))
+        results = []
+        for r in rows:
+            ids = r.form.output if r.form is not None else r.tokens
+            res = GenerationResult(self._text(ids, r.form is not None), list(ids), len(r.prompt), r.finish,
+                                   r.first_token, seconds)
+            res.lines_resampled = r.form.resampled if r.form is not None else 0
+            res.form = r.spec.describe() if r.spec is not None else None
+            results.append(res)
+        return results
+
+    def _text(self, ids: list[int], by_line: bool) -> str:
+        """The answer's text; a form answer's lines without the spaces a tokenizer puts before a word."""
+        text = self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return "\n".join(ln.strip() for ln in text.split("\n")).strip("\n") if by_line else text
+
+    def generate_batch(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                       cancel: Cancel = None, prompt_texts: list[str | None] | None = None
+                       ) -> list[GenerationResult]:
+        """Several prompts at once (see ``generate/batch.py``): one ``SamplingParams`` for all rows or one per
+        row (each row samples from its own seed, so its poem does not depend on its batchmates; greedy rows
+        match ``generate``). Rows whose settings ask for a form (``form: auto`` reads ``prompt_texts``)
+        decode line by line. ``params.stop`` strings are for ``stream``/``generate``; here the template's
+        stop tokens end a row. ``best_of`` is not applied here (see ``best_of``)."""
         if not prompts:
             return []
-        budget = min(self._budget(len(p), params) for p in prompts)
-        start = time.perf_counter()
-        n, width = len(prompts), max(len(p) for p in prompts)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        results = [GenerationResult("", [], len(p)) for p in prompts]
-        done = torch.zeros(n, dtype=torch.bool)
-        gen = make_generator(params.seed)
-        seen = None
-        if params.repetition_penalty != 1.0:
-            seen = torch.zeros(n, self.vocab, dtype=torch.bool, device=self.device)
-            seen.scatter_(1, ids.clamp(max=self.vocab - 1), mask.bool())
-        from transformers import DynamicCache
-        with torch.inference_mode():
-            cache = DynamicCache(config=self.model.config)
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                             use_cache=True, logits_to_keep=1)
-            for step in range(budget):
-                tokens = sample_next(out.logits[:, -1], params, gen, seen).cpu()
-                for i in range(n):
-                    if done[i]:
-                        continue
-                    t = int(tokens[i])
-                    if results[i].time_to_first_token is None:
-                        results[i].time_to_first_token = time.perf_counter() - start
-                    if t in self.stop_ids:
-                        results[i].finish_reason, done[i] = "stop", True
-                    else:
-                        results[i].token_ids.append(t)
-                tokens = tokens.masked_fill(done, self.pad_id).to(self.device)
-                if seen is not None:
-                    seen[torch.arange(n), tokens] |= ~done.to(self.device)
-                if bool(done.all()) or step == budget - 1 or _cancelled(cancel):
-                    break
-                mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
-                positions = positions[:, -1:] + 1
-                out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=positions,
-                                 cache=cache, use_cache=True, logits_to_keep=1)
-        seconds = time.perf_counter() - start
-        for r in results:
-            r.text = self.tokenizer.decode(r.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            r.seconds = seconds
-        return results
+        if not isinstance(params, list):
+            params = [params or self.defaults] * len(prompts)
+        rows = self._rows(prompts, params, prompt_texts or [None] * len(prompts))
+        gen = self._decode(rows, cancel)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+    def _stream_form(self, prompt_ids: list[int], params: SamplingParams, prompt_text: str | None, cancel: Cancel):
+        """One form-aware answer, streamed a line at a time (a line is shown once it is accepted)."""
+        if params.best_of > 1:
+            best = self.best_of([prompt_ids], params, [prompt_text], cancel)[0]
+            if best.text:
+                yield best.text
+            return best
+        rows = self._rows([prompt_ids], [params], [prompt_text])
+        text, shown = StopText(params.stop), ""
+        gen = self._decode(rows, cancel)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as stop:
+                result = stop.value[0]
+                break
+            now = self._text(rows[0].form.output, True)   # the accepted lines so far, as the result will read
+            delta = text.push(now[len(shown):])
+            shown = now
+            if delta:
+                yield delta
+            if text.stopped:
+                gen.close()
+                result = GenerationResult("", list(rows[0].form.output), len(prompt_ids), "stop")
+                break
+        tail = text.push(result.text[len(shown):]) + text.flush() if not text.stopped else text.flush()
+        if tail:
+            yield tail
+        result.text = text.text
+        return result
+
+    def best_of(self, prompts: list[list[int]], params: SamplingParams, prompt_texts: list[str | None],
+                cancel: Cancel = None) -> list[GenerationResult]:
+        """``params.best_of`` samples per prompt (seeds seed, seed+1, ...), the best of each by the poetic score
+        (``quill.verse.score``) of its text against the checks its prompt asks for."""
+        k = params.best_of
+        seeds = [None if params.seed is None else params.seed + j for j in range(k)]
+        rows = [params.with_(seed=s, best_of=1) for _ in prompts for s in seeds]
+        results = self.generate_batch([p for p in prompts for _ in seeds], rows, cancel,
+                                      [t for t in prompt_texts for _ in seeds])
+        out = []
+        for i, text in enumerate(prompt_texts):
+            group = results[i * k:(i + 1) * k]
+            checks = checks_from_prompt(text or "")
+            scores = [score_text(r.text, checks, r.finish_reason == "stop") for r in group]
+            best = group[max(range(k), key=lambda j: scores[j])]
+            best.score = max(scores)
+            out.append(best)
+        return out

@@ -1,32 +1,64 @@
 """Request bodies and response chunks of the OpenAI API subset quill serves, and its error shape.
 
 Why pydantic models here: the range checks (temperature, top_p, max_tokens) become 400 answers that name
-the offending field, as OpenAI's do, before any work is queued. Unknown fields are accepted and ignored
-(OpenAI clients send options such as ``user`` or ``logit_bias`` that a local poet has no use for);
-``top_k`` and ``repetition_penalty`` are accepted as extensions (vLLM does the same).
+the offending field, as OpenAI's do, before any work is queued. The ranges and help are those of
+``quill.config.GenerationConfig``, the one definition of the sampling settings (what the schema cannot check,
+such as a rhyme scheme's letters, ``SamplingParams`` does, and the server answers that with a 400 naming the
+field too). Unknown fields are accepted and ignored (OpenAI clients send options such as ``user`` or
+``logit_bias`` that a local poet has no use for); ``top_k`` and ``repetition_penalty`` are accepted as
+extensions (vLLM does the same), and so are the form settings ``form``, ``lines``, ``rhyme``, ``meter``,
+``retries`` and ``best_of`` (the ``openai`` client sends them with ``extra_body={...}``).
 """
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from quill.config import FORM_CHOICES, FORM_OFF, GenerationConfig
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _setting(name: str) -> Any:
+    """GenerationConfig's type and bounds for ``name``, optional (None: the run's default)."""
+    info = GenerationConfig.model_fields[name]
+    args = get_args(info.annotation)
+    base = next(a for a in args if a is not type(None)) if type(None) in args else info.annotation
+    return Annotated[base, *info.metadata] | None
+
+
+def _help(name: str) -> Any:
+    return Field(None, description=GenerationConfig.model_fields[name].description)
+
+
+Temperature, TopP, TopK = _setting("temperature"), _setting("top_p"), _setting("top_k")
+RepetitionPenalty, MaxTokens, Seed = _setting("repetition_penalty"), _setting("max_new_tokens"), _setting("seed")
+Form = Literal[(*FORM_CHOICES, *FORM_OFF)] | None  # "off" / "none": plain decoding over a server default form
+Lines, Rhyme, Meter = _setting("lines"), _setting("rhyme"), _setting("meter")
+Retries, BestOf = _setting("retries"), _setting("best_of")
+FORM_FIELDS = ("form", "lines", "rhyme", "meter", "retries", "best_of")
+
+
 class _Sampling(_Lenient):
     model: str
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0, le=10)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    seed: int | None = Field(None, ge=0)
+    temperature: Temperature = _help("temperature")
+    top_p: TopP = _help("top_p")
+    top_k: TopK = _help("top_k")
+    repetition_penalty: RepetitionPenalty = _help("repetition_penalty")
+    max_tokens: MaxTokens = _help("max_new_tokens")
+    max_completion_tokens: MaxTokens = _help("max_new_tokens")
+    seed: Seed = _help("seed")
+    form: Form = _help("form")
+    lines: Lines = _help("lines")
+    rhyme: Rhyme = _help("rhyme")
+    meter: Meter = _help("meter")
+    retries: Retries = _help("retries")
+    best_of: BestOf = _help("best_of")
     n: int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -45,7 +77,8 @@ class _Sampling(_Lenient):
         return {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "repetition_penalty": self.repetition_penalty, "seed": self.seed,
                 "max_new_tokens": self.max_completion_tokens or self.max_tokens,
-                "stop": tuple(self.stop) if self.stop else None}
+                "stop": tuple(self.stop) if self.stop else None,
+                **{k: getattr(self, k) for k in FORM_FIELDS}}
 
     @property
     def include_usage(self) -> bool:
@@ -94,8 +127,8 @@ class ArenaBattleRequest(_Lenient):
     prompt: str = Field(..., min_length=1, max_length=4000)
     model_a: str | None = None
     model_b: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    temperature: Temperature = _help("temperature")
+    top_p: TopP = _help("top_p")
     max_tokens: int | None = Field(None, ge=1, le=1024)
 
 

@@ -10,13 +10,21 @@ nucleus, ~0.3 ms instead of ~5 ms (sort + a 49k-way multinomial) on SmolLM2's 49
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, get_args
 
 import torch
+from pydantic import ValidationError
 
+from quill.config import FORM_OFF, GenerationConfig, format_validation_error
 from quill.errors import QuillError
+from quill.verse.forms import FormError, FormSpec, form_spec
 
-SAMPLING_KEYS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "seed")
+# Names, defaults, bounds and help of every setting live in quill.config.GenerationConfig (one definition).
+SAMPLING_KEYS = tuple(GenerationConfig.model_fields)
+_D = GenerationConfig()
+# settings that may be None ("off"): the config's optional ones, and the seed (None: a fresh one per generation)
+_NULLABLE = frozenset({"seed"} | {k for k, f in GenerationConfig.model_fields.items()
+                                  if type(None) in get_args(f.annotation)})
 _NUCLEUS_PROBE = 64  # candidates looked at before the wider nucleus search
 
 
@@ -31,44 +39,61 @@ class SamplingError(QuillError, ValueError):
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. ``temperature`` 0 means greedy; ``top_k`` 0 and ``top_p`` 1 mean off;
-    ``repetition_penalty`` 1 means off; ``seed`` None draws a fresh random seed per generation."""
-    temperature: float = 0.7
-    top_p: float = 0.95
-    top_k: int = 0
-    repetition_penalty: float = 1.1
-    max_new_tokens: int = 160
+    ``repetition_penalty`` 1 means off; ``seed`` None draws a fresh random seed per generation.
+    Defaults and bounds are GenerationConfig's (``seed`` excepted: a run's default seed is its config's)."""
+    temperature: float = _D.temperature
+    top_p: float = _D.top_p
+    top_k: int = _D.top_k
+    repetition_penalty: float = _D.repetition_penalty
+    max_new_tokens: int = _D.max_new_tokens
     seed: int | None = None
     stop: tuple[str, ...] = ()  # strings that end the answer (not included), as OpenAI's ``stop``
+    # form-aware decoding (see quill.verse.forms and quill.generate.lines): None = plain decoding
+    form: str | None = _D.form          # sonnet, haiku, limerick, quatrain, couplets, free, auto (reads the prompt)
+    lines: int | None = _D.lines        # exact number of lines
+    rhyme: str | None = _D.rhyme        # a scheme, one letter per line ("ABAB", "AABBA") or "couplets"
+    meter: str | None = _D.meter        # "iambic pentameter", "trochaic tetrameter", ...
+    retries: int = _D.retries           # tries per line before the best-scoring one is kept
+    best_of: int = _D.best_of           # sample this many poems and return the best by the poetic score
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         elif isinstance(self.stop, list):
             object.__setattr__(self, "stop", tuple(self.stop))
-        checks = [
-            ("temperature", isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 5, "0 to 5"),
-            ("top_p", isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "in (0, 1]"),
-            ("top_k", _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0"),
-            ("repetition_penalty", isinstance(self.repetition_penalty, (int, float))
-             and 0 < self.repetition_penalty <= 10, "in (0, 10]"),
-            ("max_new_tokens", _is_int(self.max_new_tokens) and 1 <= self.max_new_tokens <= 1 << 20, "an integer >= 1"),
-            ("seed", self.seed is None or _is_int(self.seed) and 0 <= self.seed < 2 ** 63, "an integer >= 0 or none"),
-            ("stop", isinstance(self.stop, tuple) and len(self.stop) <= 4
-             and all(isinstance(x, str) and 0 < len(x) <= 256 for x in self.stop), "up to 4 non-empty strings"),
-        ]
-        for name, ok, want in checks:
-            if not ok:
-                raise SamplingError(name, f"must be {want}, got {getattr(self, name)!r}")
+        try:  # exactly what a config accepts (an int for a float, 8.0 for 8; never a bool for a number)
+            checked = GenerationConfig.model_validate({k: getattr(self, k) for k in SAMPLING_KEYS
+                                                       if not (k == "seed" and self.seed is None)})
+        except ValidationError as err:
+            raise _setting_error(err) from None
+        for key in SAMPLING_KEYS:  # stored as the config types them: 1 -> 1.0 for a float, 8.0 -> 8 for an int
+            if key == "seed" and self.seed is None:
+                continue
+            object.__setattr__(self, key, getattr(checked, key))
+        if not (isinstance(self.stop, tuple) and len(self.stop) <= 4
+                and all(isinstance(x, str) and 0 < len(x) <= 256 for x in self.stop)):
+            raise SamplingError("stop", f"must be up to 4 non-empty strings, got {self.stop!r}")
+        try:  # the scheme and meter strings are read once here, so a bad one fails before any decoding
+            self.form_spec()
+        except FormError as err:
+            raise SamplingError(err.param, str(err).split(": ", 1)[1]) from None
+
+    def form_spec(self, prompt: str | None = None) -> FormSpec | None:
+        """The shape these settings ask for (``form: auto`` reads ``prompt``), or None for plain decoding."""
+        return form_spec(self.form, self.lines, self.rhyme, self.meter, prompt=prompt)
 
     @classmethod
     def from_settings(cls, defaults: dict[str, Any] | None = None, **overrides: Any) -> "SamplingParams":
-        """Run defaults (a generation config dict; unknown keys ignored) overridden by non-None values."""
+        """Run defaults (a generation config dict; unknown keys ignored) overridden by non-None values;
+        "off" or "none" switches off a setting that may be None (``form="off"`` over a run's ``form: auto``)."""
         known = {f.name for f in fields(cls)}
         merged = {k: v for k, v in (defaults or {}).items() if k in known}
         for key, value in overrides.items():
             if key not in known:
                 raise SamplingError(key, f"unknown sampling setting (use {', '.join(SAMPLING_KEYS)})")
-            if value is not None:
+            if key in _NULLABLE and isinstance(value, str) and value.strip().lower() in FORM_OFF:
+                merged[key] = None
+            elif value is not None:
                 merged[key] = value
         return cls(**merged)
 
@@ -79,20 +104,35 @@ class SamplingParams:
         return asdict(self)
 
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+def _setting_error(err: ValidationError) -> SamplingError:
+    """GenerationConfig's first complaint as ``SamplingError(field, "must be <= 2, got 9")``."""
+    first = err.errors()[0]
+    param = str(first["loc"][0]) if first.get("loc") else "settings"
+    message = format_validation_error(err).splitlines()[0].split(": ", 1)[-1]
+    if "got " not in message:
+        shown = repr(first.get("input"))
+        message += f", got {shown if len(shown) <= 60 else shown[:57] + '...'}"
+    return SamplingError(param, message)
 
 
 def parse_setting(key: str, text: str) -> Any:
-    """A value typed by a person (``/set top_k 40``) converted to the setting's type."""
+    """A value typed by a person (``/set top_k 40``, ``/set form off``) converted to the setting's type;
+    "none" / "off" (and "random" for the seed) mean None where a setting may be None."""
     if key not in SAMPLING_KEYS:
         raise SamplingError(key, f"unknown sampling setting (use {', '.join(SAMPLING_KEYS)})")
-    if key == "seed" and text.lower() in ("none", "random", "off"):
+    text = text.strip()
+    if key in _NULLABLE and text.lower() in (*FORM_OFF, *(("random",) if key == "seed" else ())):
         return None
+    annotation = GenerationConfig.model_fields[key].annotation
+    kinds = set(get_args(annotation)) or {annotation}
     try:
-        return int(text) if key in ("top_k", "max_new_tokens", "seed") else float(text)
+        if int in kinds:
+            return int(text)
+        if float in kinds:
+            return float(text)
     except ValueError:
-        raise SamplingError(key, f"not a number: {text!r}") from None
+        raise SamplingError(key, f"not {'an integer' if int in kinds else 'a number'}: {text!r}") from None
+    return text.lower() if key == "form" else text
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
@@ -136,6 +176,32 @@ def sample_next(logits: torch.Tensor, params: SamplingParams, generator: torch.G
     probs, index = candidates(logits, params.top_k, params.top_p)
     choice = torch.multinomial(probs, 1, generator=generator)
     return index.gather(-1, choice).squeeze(-1)
+
+
+def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: list[torch.Generator],
+                rows: list[int]) -> dict[int, int]:
+    """Next token of each row in ``rows`` of ``logits`` [B, V] (penalties already applied), every row with its
+    own settings and generator, so a row's draw does not depend on the other rows. Rows that share
+    (temperature, top_k, top_p) get their candidates in one batched pass; only the draw is per row."""
+    out: dict[int, int] = {}
+    groups: dict[tuple, list[int]] = {}
+    for i in rows:
+        p = params[i]
+        groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+    for (temperature, top_k, top_p), idx in groups.items():
+        block = logits[idx]
+        if temperature == 0:
+            out.update(zip(idx, block.argmax(-1).tolist()))
+            continue
+        block = block / temperature
+        if top_p >= 1.0 and not top_k:
+            probs, index = torch.softmax(block, -1), None
+        else:
+            probs, index = candidates(block, top_k, top_p)
+        for j, i in enumerate(idx):
+            choice = int(torch.multinomial(probs[j], 1, generator=generators[i])[0])
+            out[i] = choice if index is None else int(index[j, choice])
+    return out
 
 
 def candidates(logits: torch.Tensor, top_k: int, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,7 +31,7 @@ from quill.generate import openai_schema as oa
 from quill.generate.arena import ArenaStore
 from quill.generate.engine import Engine, PromptTooLong
 from quill.generate.limits import BodyLimit, ServeLimits
-from quill.generate.sampling import SamplingError
+from quill.generate.sampling import SamplingError, SamplingParams
 from quill.generate.worker import ModelWorker, QueueFull, make_workers
 
 log = logging.getLogger("quill.serve")
@@ -100,7 +100,9 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
                            code="model_not_found")
         return workers[name]
 
-    def submit(worker: ModelWorker, prompt_ids: list[int], overrides: dict[str, Any]):
+    def submit(worker: ModelWorker, prompt_ids: list[int], overrides: dict[str, Any], prompt_text: str | None = None):
+        """Validate the settings (a bad one is a 400 naming it) and queue the job; ``prompt_text`` is the
+        request's own words, which ``form: auto`` reads."""
         engine = worker.engine
         overrides = dict(overrides)
         if limits.max_prompt_tokens is not None and len(prompt_ids) > limits.max_prompt_tokens:
@@ -116,7 +118,7 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
             params = engine.params(**overrides)
             if overrides.get("seed") is None:  # as OpenAI: no seed, a different answer each time
                 params = params.with_(seed=None)
-            return worker.submit(prompt_ids, params)
+            return worker.submit(prompt_ids, params, prompt_text=prompt_text)
         except SamplingError as err:
             raise ApiError(400, str(err), param=err.param, code="invalid_value") from None
         except PromptTooLong as err:
@@ -175,14 +177,15 @@ def create_app(engines: dict[str, Engine], arena_db: str | Path | None = None, a
             prompt_ids = worker.engine.chat_prompt(messages)
         except ValueError as err:
             raise ApiError(400, str(err), param="messages") from None
-        return await answer(submit(worker, prompt_ids, req.sampling()), req, request, chat=True)
+        asked = next((m["content"] for m in reversed(messages) if m["role"] == "user"), None)
+        return await answer(submit(worker, prompt_ids, req.sampling(), asked), req, request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(req: oa.CompletionRequest, request: Request):
         worker = worker_for(req.model)
         check_chars(len(req.text), "prompt")
-        return await answer(submit(worker, worker.engine.text_prompt(req.text), req.sampling()), req, request,
-                            chat=False)
+        job = submit(worker, worker.engine.text_prompt(req.text), req.sampling(), req.text)
+        return await answer(job, req, request, chat=False)
 
     async def answer(job, req, request: Request, chat: bool):
         """A job's answer in OpenAI's shape: one response, or SSE chunks (chat: deltas after a role chunk;
@@ -265,8 +268,10 @@ def default_arena_db(specs: list[tuple[str, str]]) -> Path:
 
 def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
                arena_db: str | None = None, limits: ServeLimits | None = None, backend: str | None = None,
-               quantize: str | None = None) -> int:
+               quantize: str | None = None, defaults: dict[str, Any] | None = None) -> int:
+    """``defaults``: sampling settings (``quill serve --form auto``) over each run's own, under a request's."""
     import uvicorn
+    SamplingParams.from_settings(None, **(defaults or {}))  # a bad default fails before any model loads
     specs = parse_specs(runs)
     loaded: dict[str, Engine] = {}
     engines: dict[str, Engine] = {}
@@ -274,7 +279,9 @@ def run_server(runs: list[str], host: str = "127.0.0.1", port: int = 8000, api_k
         key = str(Path(spec).expanduser().resolve()) if Path(spec).expanduser().exists() else spec
         if key not in loaded:
             print(f"loading {name} from {spec} …", flush=True)
-            loaded[key] = Engine.load(spec, name=name, backend=backend, quantize=quantize)
+            loaded[key] = engine = Engine.load(spec, name=name, backend=backend, quantize=quantize)
+            if defaults:
+                engine.defaults = engine.params(**defaults)  # a bad value fails here, before serving
         engines[name] = loaded[key]
     db = Path(arena_db) if arena_db else default_arena_db(specs)
     app = create_app(engines, arena_db=db, api_key=api_key, limits=limits)

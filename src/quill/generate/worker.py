@@ -17,7 +17,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
-from quill.generate.engine import Engine, GenerationResult
+from quill.generate.engine import Engine
+from quill.generate.results import GenerationResult
 from quill.generate.sampling import SamplingParams
 
 _DONE = object()
@@ -30,11 +31,13 @@ class QueueFull(Exception):
 class Job:
     """One generation: ``async for delta in job`` streams the text; ``job.result`` is set at the end."""
 
-    def __init__(self, worker: "ModelWorker", prompt_ids: list[int], params: SamplingParams):
+    def __init__(self, worker: "ModelWorker", prompt_ids: list[int], params: SamplingParams,
+                 prompt_text: str | None = None):
         self.worker, self.params = worker, params
         self.cancel = threading.Event()
         self.result: GenerationResult | None = None
-        self.stream = worker.engine.stream(prompt_ids, params, cancel=self.cancel)  # PromptTooLong raised here
+        # PromptTooLong raised here; prompt_text: the request's words (``form: auto`` reads them)
+        self.stream = worker.engine.stream(prompt_ids, params, cancel=self.cancel, prompt_text=prompt_text)
         self._queue: asyncio.Queue = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._future = self._loop.run_in_executor(worker.executor, self._work)
@@ -89,14 +92,14 @@ class ModelWorker:
     def pending(self) -> int:
         return self._pending
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> Job:
+    def submit(self, prompt_ids: list[int], params: SamplingParams, prompt_text: str | None = None) -> Job:
         """Queue a generation (call from the event loop). Raises QueueFull or PromptTooLong at once."""
         with self._lock:
             if self._pending >= self.max_queue:
                 raise QueueFull(f"{self.engine.name} has {self._pending} requests waiting; try again shortly")
             self._pending += 1
         try:
-            return Job(self, prompt_ids, params)
+            return Job(self, prompt_ids, params, prompt_text)
         except BaseException:
             with self._lock:
                 self._pending -= 1

@@ -26,6 +26,7 @@ from quill.train.fastpaths import release_freed_memory, training_fast_paths
 from quill.train.evaluation import eval_loss
 from quill.train.faults import fault_point
 from quill.train.loss import CausalLMLoss
+from quill.train.samples import samples_row
 
 
 @dataclass
@@ -37,6 +38,7 @@ class StageInputs:
     test: object = None        # BatchList or None
     pad_id: int = 0
     attention: str = "auto"    # model.attn_implementation: "auto" lets packed training use flex attention
+    samples: object = None     # train.samples.EvalSamples: the fixed prompts' poetic score at each evaluation
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -147,7 +149,8 @@ def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> d
     elif inputs.val is not None:
         state["val_loss_before"] = evaluate(inputs.val)["loss"]
         if main:
-            run.log({"stage": inputs.name, "step": 0, "val_loss": state["val_loss_before"]})
+            run.log({"stage": inputs.name, "step": 0, "val_loss": state["val_loss_before"],
+                     **samples_row(inputs.samples, inputs.name, 0, accelerator)})
 
     bar = tqdm(total=total_steps, initial=state["step"], desc=inputs.name, disable=not main, unit="step",
                dynamic_ncols=True)
@@ -234,7 +237,8 @@ def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> d
     if inputs.val is not None:
         result["val_loss_after"] = evaluate(inputs.val)["loss"]
         if main:
-            run.log({"stage": inputs.name, "step": state["step"], "val_loss": result["val_loss_after"]})
+            run.log({"stage": inputs.name, "step": state["step"], "val_loss": result["val_loss_after"],
+                     **samples_row(inputs.samples, inputs.name, state["step"], accelerator)})
     if inputs.test is not None:
         result["test_loss"] = evaluate(inputs.test)["loss"]
     return result
@@ -243,7 +247,8 @@ def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> d
 def _evaluate_and_maybe_stop(evaluate, inputs, state, run, accelerator, cfg) -> bool:
     val = evaluate(inputs.val)["loss"]
     if accelerator.is_main_process:
-        run.log({"stage": inputs.name, "step": state["step"], "val_loss": val})
+        run.log({"stage": inputs.name, "step": state["step"], "val_loss": val,
+                 **samples_row(inputs.samples, inputs.name, state["step"], accelerator)})
         accelerator.log({f"{inputs.name}/val_loss": val}, step=state["step"])
     if state["best_val"] is None or val < state["best_val"] - 1e-4:
         state["best_val"], state["bad_evals"] = val, 0

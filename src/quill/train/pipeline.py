@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from quill.config import PipelineConfig, dump_config, load_config, packaged_config
-from quill.data.prepare import load_prepared, prepare_stage_data, save_prepared
+from quill.data.prepare import load_prepared, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.train.batches import build_loader, encode_split, pad_id_of
 from quill.train.loop import StageInputs, fit, resolve_precision
 from quill.train.runfolder import RunFolder
-from quill.train.samples import sample_prompts
+from quill.train.samples import eval_samples, sample_prompts
 
 
 def make_accelerator(cfg: PipelineConfig, run: RunFolder):
@@ -112,19 +112,24 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
 
 
 def _prepare_all(cfg, run, base_dir, accelerator, resume) -> dict:
-    """Data for every stage, prepared once by the main process and saved; every process reads the saved splits."""
-    out = {}
-    for stage in cfg.stages:
-        folder = run.data(stage.name)
-        if accelerator.is_main_process and not (resume and (folder / "report.json").exists()):
-            prep = prepare_stage_data(stage, base_dir)
-            save_prepared(prep, folder)
-            rep = prep.report
-            print(f"[{stage.name}] data: {rep.get('rows_in')} rows in, {rep.get('rows_out')} kept "
-                  f"(dropped: {rep.get('dropped') or 'none'}), splits {rep.get('splits')}")
-        accelerator.wait_for_everyone()
-        out[stage.name] = load_prepared(folder)
-    return out
+    """Data for every stage, prepared once by the main process and saved; every process reads the saved splits.
+
+    The stages share one held-out set (``prepare_stages``): on resume, stages whose data was saved are
+    loaded, not re-prepared, and the stages still to prepare keep none of their val/test poems in train."""
+    if accelerator.is_main_process:
+        saved = {s.name for s in cfg.stages if resume and (run.data(s.name) / "report.json").exists()}
+        todo = [s for s in cfg.stages if s.name not in saved]
+        if todo:
+            others = [load_prepared(run.data(s.name)) for s in cfg.stages if s.name in saved]
+            prepared = prepare_stages(todo, base_dir, others=others)
+            for stage in todo:  # in config order
+                prep = prepared[stage.name]
+                save_prepared(prep, run.data(stage.name))
+                rep = prep.report
+                print(f"[{stage.name}] data: {rep.get('rows_in')} rows in, {rep.get('rows_out')} kept "
+                      f"(dropped: {rep.get('dropped') or 'none'}), splits {rep.get('splits')}")
+    accelerator.wait_for_everyone()
+    return {stage.name: load_prepared(run.data(stage.name)) for stage in cfg.stages}
 
 
 def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, run, resume, continuing, models):
@@ -147,7 +152,8 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
               f"{len(train_enc.sequences)} sequences, {train_enc.tokens:,} tokens "
               f"({train_enc.loss_tokens:,} with loss); precision {str(amp).removeprefix('torch.')}")
     inputs = StageInputs(stage.name, tc, train_enc, loaders.get("val"), loaders.get("test"), pad_id_of(tokenizer),
-                         attention=cfg.model.attn_implementation)
+                         attention=cfg.model.attn_implementation,
+                         samples=eval_samples(cfg, model, tokenizer, template) if accelerator.is_main_process else None)
     torch.manual_seed(tc.seed + 1)
     result = fit(model, inputs, accelerator, run, resume=resume)
     result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped)})

@@ -18,7 +18,7 @@ from typing import Iterable
 
 import numpy as np
 
-from quill.evaluate.metrics.phonetics import words
+from quill.verse.phonetics import words
 
 COPY_N = 8
 _MULT = np.uint64(0x9E3779B97F4A7C15)   # odd 64-bit multiplier (golden ratio); wraps mod 2**64

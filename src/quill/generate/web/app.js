@@ -94,6 +94,7 @@ async function sendChat(text) {
   const t = numberOrNull("#chat-temperature"), n = numberOrNull("#chat-max-tokens");
   if (t !== null) body.temperature = t;
   if (n !== null) body.max_tokens = n;
+  body.form = $("#chat-form-select").value;  // "off": plain decoding, else form-aware (auto reads the request)
   controller = new AbortController();
   $("#chat-send").disabled = true;
   $("#chat-stop").disabled = false;

@@ -10,18 +10,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 
-from quill.errors import QuillError
-
-
-class ConfigError(QuillError):
-    """A config problem, already phrased for the user (``path: message``)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from quill.config.base import ConfigError, _Strict
+from quill.config.generation import (FORM_CHOICES, FORM_OFF, MAX_LINES, MAX_SEED, METER_FEET,  # noqa: F401
+                                     METER_MEASURES, GenerationConfig)  # re-exported: quill.config is the door
 
 
 # --------------------------------------------------------------------------- model
@@ -58,10 +52,14 @@ class SplitConfig(_Strict):
 
 
 class SynthConfig(_Strict):
-    """Instruction pairs made from a poem corpus, so stage 2 works offline with any corpus."""
+    """Instruction pairs made from a poem corpus, so stage 2 works offline with any corpus. A prompt names
+    only what the poem measurably has (quill.verse.describe): its line count, rhyme scheme, meter, form,
+    a topic it is about, its author."""
     per_poem: int = Field(1, ge=1, le=8, description="instruction pairs made from each poem")
-    kinds: list[Literal["topic", "style", "title", "continue", "lines", "form"]] = Field(
-        default_factory=lambda: ["topic", "style", "title", "continue", "lines", "form"])
+    kinds: list[Literal["topic", "style", "title", "continue", "lines", "form", "scheme", "meter"]] = Field(
+        default_factory=lambda: ["topic", "style", "title", "continue", "lines", "form", "scheme", "meter"])
+    combine: float = Field(0.5, ge=0, le=1, description="chance that a pair also names each further feature "
+                           "the poem truly has (line count, scheme, meter, topic) besides its kind's own")
     seed: int = 0
 
 
@@ -138,20 +136,24 @@ class StageConfig(_Strict):
 REFERENCE_PROMPTS = ["The sea is blue, the sky is red", "Write a poem about the sea and the sky"]
 
 
-class GenerationConfig(_Strict):
-    temperature: float = Field(0.7, ge=0, le=5)
-    top_p: float = Field(0.95, gt=0, le=1)
-    top_k: int = Field(0, ge=0)
-    repetition_penalty: float = Field(1.1, gt=0)
-    max_new_tokens: int = Field(160, gt=0)
-    seed: int = 0
-
-
 class EvalConfig(_Strict):
     prompts: list[str] = Field(default_factory=lambda: list(REFERENCE_PROMPTS))
     suite: str | None = Field("default", description="versioned sample suite for `quill eval` (None: prompts only)")
-    samples_per_prompt: int = Field(1, gt=0)
+    samples_per_prompt: int = Field(3, gt=0, description="seeds per suite prompt (seed = generation.seed + "
+                                    "1000 * prompt index + j); means come with 95% bootstrap intervals")
     max_batches: int | None = Field(None, gt=0, description="cap on batches per split for loss tables")
+    train_batches: int | None = Field(2, gt=0, description="cap on batches of the train split in the loss "
+                                      "table (an over-fitting check: a few batches tell; None: max_batches)")
+    decode: list[Literal["plain", "form"]] = Field(
+        default_factory=lambda: ["plain", "form"],
+        description="decodings `quill eval` samples: plain, and form-aware (form: auto) as a '<model>+form' row")
+    form_models: list[str] | None = Field(None, description="models evaluated with form-aware decoding too "
+                                          "(None: the poet, i.e. the last stage)")
+    batch_size: int = Field(24, gt=0, description="rows (prompt, seed) per batched generation call")
+    best_of: int = Field(1, ge=1, le=16, description="samples per (prompt, seed); the best by poetic score is kept")
+    train_samples: int = Field(2, ge=0, description="eval.prompts sampled at every evaluation during training "
+                               "(mean poetic score logged; 0 = off)")
+    train_max_new_tokens: int = Field(64, gt=0, description="token limit of those training-time samples")
 
 
 class TrackingConfig(_Strict):
@@ -295,4 +297,4 @@ def dump_config(cfg: PipelineConfig) -> str:
 
 def packaged_config(name: str) -> Path:
     """Path of a config shipped inside the package (``demo`` -> quill/configs/demo.yaml)."""
-    return Path(__file__).parent / "configs" / f"{name}.yaml"
+    return Path(__file__).parent.parent / "configs" / f"{name}.yaml"

@@ -5,8 +5,8 @@ that a prompt does not ask for is None, so aggregates average only over prompts 
 """
 from __future__ import annotations
 
-from quill.evaluate.metrics.form import end_words, poem_lines
-from quill.evaluate.metrics.phonetics import line_syllables, rhymes, words
+from quill.verse.form import end_words, poem_lines
+from quill.verse.phonetics import line_syllables, rhymes, words
 
 HAIKU_SYLLABLES = (5, 7, 5)
 HAIKU_SLACK = 1            # syllable counts are fuzzy (fallback estimator, elisions): +-1 per line

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 
-from quill.evaluate.metrics.phonetics import (FLEXIBLE, STRESSED, UNSTRESSED, line_stresses, line_syllables,
+from quill.verse.phonetics import (FLEXIBLE, STRESSED, UNSTRESSED, line_stresses, line_syllables,
                                               rhymes, words)
 
 

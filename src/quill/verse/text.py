@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from quill.evaluate.metrics.form import poem_lines
-from quill.evaluate.metrics.phonetics import words
+from quill.verse.form import poem_lines
+from quill.verse.phonetics import words
 
 LOOP_REPEATS = 3       # a span (or a line) seen this many times in a row / in total is a loop
 LOOP_MAX_SPAN = 8      # longest word span checked for back-to-back repetition
