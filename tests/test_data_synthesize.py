@@ -9,7 +9,8 @@ import pytest
 from quill.config import CleanConfig, DataConfig, SynthConfig
 from quill.data.clean import clean_poems
 from quill.data.sources import read_source
-from quill.data.synthesize import NUMBER_WORDS, mix, pairs_for_poem, salient_topic, synthesize, truth_rates
+from quill.data.synthesize import mix, pairs_for_poem, synthesize, truth_rates
+from quill.data.topics import NUMBER_WORDS, salient_topic
 from quill.verse.adherence import form_met, topic_share
 from quill.verse.describe import dominant_meter, scheme_name
 from quill.verse.form import poem_lines

@@ -188,3 +188,12 @@ def test_aggregate_means_skip_none_and_bools_become_shares():
     assert agg["form_ok"] is None
     assert agg["lines"] == pytest.approx(1.5)
     assert aggregate([]) == {"n": 0}
+
+
+def test_rhyme_is_also_reported_where_the_prompt_asks_for_it():
+    poem = "The cat sat down upon the mat\nAnd there it grew both sleek and fat"
+    asked = score_poem(poem, {"form": "couplets"})
+    assert asked["rhymed_lines"] == 1.0 and asked["rhymed_lines_asked"] == 1.0
+    assert score_poem(poem, {"topic": ["cat"]})["rhymed_lines_asked"] is None
+    rows = [score_poem(poem, {"form": "couplets"}), score_poem("no rhyme here\nnor there at all", {})]
+    assert aggregate(rows)["rhymed_lines_asked"] == 1.0 and aggregate(rows)["rhymed_lines"] == 0.5

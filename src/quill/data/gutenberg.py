@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from quill.config import DataConfig
-from quill.data.sources import UNSPLIT, SourceResult
+from quill.data.records import UNSPLIT, SourceResult
 from quill.errors import DataError
 from quill.paths import cache_home
 

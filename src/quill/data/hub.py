@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 
 from quill.config import DataConfig
 from quill.data.columns import map_columns, project
-from quill.data.sources import UNSPLIT, SourceResult, _from_split_records, _one_line
+from quill.data.gutenberg import group_lines, pick
+from quill.data.records import UNSPLIT, SourceResult, from_split_records, one_line
 from quill.errors import DataError
 
 GUTENBERG_HUB = "biglam/gutenberg-poetry-corpus"
@@ -41,7 +42,7 @@ def read_hub(hub_id: str, data_cfg: DataConfig) -> SourceResult:
         rows = [project(r, mapping) for r in ds.to_list()]
         return SourceResult({UNSPLIT: rows}, Counter(), len(rows), f"hub:{hub_id}[{data_cfg.hub_split}]")
     records = {name: ds.to_list() for name, ds in splits.items()}
-    return _from_split_records(records, data_cfg, hub_id, f"hub:{hub_id}")
+    return from_split_records(records, data_cfg, hub_id, f"hub:{hub_id}")
 
 
 def read_saved_dataset(path: Path, data_cfg: DataConfig) -> SourceResult:
@@ -50,10 +51,10 @@ def read_saved_dataset(path: Path, data_cfg: DataConfig) -> SourceResult:
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as err:
-        raise DataError(f"{path}: not a readable saved data set: {_one_line(err)}") from None
+        raise DataError(f"{path}: not a readable saved data set: {one_line(err)}") from None
     splits = _cap_rows(_as_split_dict(loaded, None), data_cfg.max_rows)
-    return _from_split_records({k: v.to_list() for k, v in splits.items()}, data_cfg, str(path),
-                               f"{path} (saved data set)")
+    return from_split_records({k: v.to_list() for k, v in splits.items()}, data_cfg, str(path),
+                              f"{path} (saved data set)")
 
 
 def load_hub_dataset(hub_id: str, config: str | None = None, split: str | None = None) -> Any:
@@ -70,7 +71,7 @@ def load_hub_dataset(hub_id: str, config: str | None = None, split: str | None =
         name = type(err).__name__
         if name in ("DatasetNotFoundError", "RepositoryNotFoundError", "GatedRepoError"):
             raise DataError(f"{hub_id}: no such data set on the hub (or it is gated/private)") from None
-        raise DataError(f"{hub_id}: cannot load the data set: {_one_line(err)[:300]}") from None
+        raise DataError(f"{hub_id}: cannot load the data set: {one_line(err)[:300]}") from None
 
 
 def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
@@ -137,7 +138,6 @@ def _cap_rows(splits: dict[str, Any], max_rows: int | None) -> dict[str, Any]:
 
 def _gutenberg_hub(splits: dict[str, Any], data_cfg: DataConfig, hub_id: str) -> SourceResult:
     """``line`` + ``gutenberg_id`` rows -> passages of ``passage_lines`` consecutive lines within one book."""
-    from quill.data.gutenberg import group_lines, pick
     rows: list[dict] = []
     for ds in splits.values():
         missing = [c for c in ("line", "gutenberg_id") if c not in ds.column_names]

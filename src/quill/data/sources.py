@@ -3,7 +3,8 @@
 One entry point, :func:`read_source`, so the rest of the data layer never cares where rows came from.
 Readers only *map* columns (``Poem`` -> ``text``, ``Poet`` -> ``author`` ..., see ``columns.py``); they do
 not clean or judge content: that is ``clean.py``'s job, so every decision about a row is counted in one
-place. Hub data sets live in ``hub.py``, the offline Gutenberg corpus in ``gutenberg.py``.
+place. Hub data sets live in ``hub.py``, the offline Gutenberg corpus in ``gutenberg.py``, and the
+:class:`SourceResult` every reader returns in ``records.py``.
 
 Canonical fields: ``text``, ``title``, ``author``, ``tags`` (poems) and ``conversation``, ``prompt``,
 ``completion``, ``messages`` (instructions). A row holds only the fields the source has.
@@ -22,14 +23,14 @@ import io
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from quill.config import DataConfig
 from quill.data.columns import map_columns, plain, project
+from quill.data.gutenberg import read_gutenberg
+from quill.data.hub import read_hub, read_saved_dataset
+from quill.data.records import SPLIT_NAMES, UNSPLIT, SourceResult, columns_of, from_split_records, one_line
 from quill.errors import DataError
-
-UNSPLIT = "all"  # the key of SourceResult.splits when the source has no splits of its own
 
 # presets: short names for the hub data sets the project knows (their columns are auto-detected)
 PRESETS: dict[str, str] = {
@@ -37,25 +38,7 @@ PRESETS: dict[str, str] = {
     "poetry-instructions": "isaacrehg/poetry-instructions",      # conversation; train/validation/test
     "gutenberg-hub": "biglam/gutenberg-poetry-corpus",           # line, gutenberg_id: grouped into passages
 }
-SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 FILE_FORMATS = ("csv", "json", "jsonl", "parquet", "txt")
-
-
-@dataclass
-class SourceResult:
-    """Rows from one source. ``splits`` is ``{"all": rows}`` unless the source has its own splits."""
-    splits: dict[str, list[dict]]
-    skipped: Counter = field(default_factory=Counter)  # reader-level skips by reason (e.g. empty_file)
-    rows_read: int = 0          # rows seen, skipped ones included: the report's rows_in
-    origin: str = ""            # what was read, for the report ("file.csv (csv)", "hub:owner/name")
-
-    @property
-    def presplit(self) -> bool:
-        return set(self.splits) != {UNSPLIT}
-
-    @property
-    def rows(self) -> list[dict]:
-        return [row for rows in self.splits.values() for row in rows]
 
 
 # --------------------------------------------------------------------------- entry point
@@ -63,23 +46,19 @@ def read_source(data_cfg: DataConfig, base_dir: Path | str | None = None) -> Sou
     """Read ``data_cfg.source`` into canonical rows (see the module docstring for how it is resolved)."""
     source, fmt = data_cfg.source.strip(), data_cfg.format
     if fmt == "gutenberg" or source.lower() == "gutenberg":
-        from quill.data.gutenberg import read_gutenberg
         return read_gutenberg(data_cfg)
     if fmt == "hub" or source in PRESETS:
-        from quill.data.hub import read_hub
         return read_hub(PRESETS.get(source, source), data_cfg)
     path = resolve_path(source, base_dir)
     if path is None:
         looks_like_file = Path(source).suffix.lower().lstrip(".") in FILE_FORMATS + ("gz",)
         if re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not looks_like_file:
-            from quill.data.hub import read_hub
             return read_hub(source, data_cfg)
         where = f" or {Path(base_dir)}" if base_dir is not None else ""
         raise DataError(f"{source}: file not found (looked in the current directory{where}); "
                         f"not a preset either ({', '.join(['gutenberg', *PRESETS])})")
     if path.is_dir():
         if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-            from quill.data.hub import read_saved_dataset
             return read_saved_dataset(path, data_cfg)
         return read_txt(path, data_cfg)
     return read_file(path, data_cfg, fmt)
@@ -154,8 +133,8 @@ def read_file(path: Path, data_cfg: DataConfig, fmt: str = "auto") -> SourceResu
     else:
         splits = _read_json(path, data_cfg.max_rows, skipped)
         if isinstance(splits, dict):
-            return _from_split_records(splits, data_cfg, str(path), f"{path} (json)", skipped)
-        records, columns = splits, _columns_of(splits)
+            return from_split_records(splits, data_cfg, str(path), f"{path} (json)", skipped)
+        records, columns = splits, columns_of(splits)
     if not records and not skipped:
         raise DataError(f"{path}: no rows")
     mapping = map_columns(columns, data_cfg, str(path))
@@ -175,7 +154,7 @@ def _read_csv(path: Path, max_rows: int | None) -> tuple[list[dict], list[str]]:
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file") from None
     except pd.errors.ParserError as err:
-        detail = re.sub(r"^Error tokenizing data\. C error: ", "", _one_line(err))
+        detail = re.sub(r"^Error tokenizing data\. C error: ", "", one_line(err))
         hint = " (a quote that is never closed?)" if "EOF inside string" in detail else ""
         raise DataError(f"{path}: broken CSV: {detail}{hint}") from None
     df.columns = [str(c).strip() for c in df.columns]
@@ -188,7 +167,7 @@ def _read_parquet(path: Path, max_rows: int | None) -> tuple[list[dict], list[st
     try:
         df = pd.read_parquet(io.BytesIO(data))
     except Exception as err:  # pyarrow raises several types for a damaged file; all mean "not readable"
-        raise DataError(f"{path}: not a readable Parquet file: {_one_line(err)}") from None
+        raise DataError(f"{path}: not a readable Parquet file: {one_line(err)}") from None
     if max_rows is not None:
         df = df.head(max_rows)
     records = df.to_dict("records")
@@ -216,7 +195,7 @@ def _read_jsonl(path: Path, max_rows: int | None, skipped: Counter) -> tuple[lis
             records.append(obj)
         else:
             skipped["not_an_object"] += 1
-    return records, _columns_of(records)
+    return records, columns_of(records)
 
 
 def _read_json(path: Path, max_rows: int | None, skipped: Counter) -> list[dict] | dict[str, list[dict]]:
@@ -244,20 +223,6 @@ def _objects(items: list, skipped: Counter) -> list[dict]:
     if len(out) < len(items):
         skipped["not_an_object"] += len(items) - len(out)
     return out
-
-
-def _from_split_records(splits: dict[str, list[dict]], data_cfg: DataConfig, where: str, origin: str,
-                        skipped: Counter | None = None) -> SourceResult:
-    """Map columns for a source that already has splits (hub DatasetDict, JSON ``{split: rows}``)."""
-    skipped = skipped if skipped is not None else Counter()
-    columns = sorted({c for rows in splits.values() for c in _columns_of(rows)})
-    mapping = map_columns(columns, data_cfg, where)
-    out: dict[str, list[dict]] = {}
-    for name, records in splits.items():
-        key = SPLIT_NAMES.get(name.lower(), "train")  # an unknown split name joins train rather than vanish
-        out.setdefault(key, []).extend(project(rec, mapping) for rec in records)
-    n = sum(len(r) for r in out.values()) + sum(skipped.values())
-    return SourceResult(out, skipped, n, origin)
 
 
 # --------------------------------------------------------------------------- text folders
@@ -309,15 +274,3 @@ def _check_depth(obj, path: Path, where: str = "") -> None:
         elif isinstance(value, (list, tuple)) or (hasattr(value, "tolist") and not isinstance(value, str)
                                                   and getattr(value, "ndim", 0)):
             stack.extend((v, depth + 1) for v in value if isinstance(v, (dict, list, tuple)) or getattr(v, "ndim", 0))
-
-
-def _columns_of(records: list[dict]) -> list[str]:
-    """Column names in first-seen order (JSON rows may differ in their keys)."""
-    seen: dict[str, None] = {}
-    for rec in records[:1000]:
-        seen.update(dict.fromkeys(rec))
-    return list(seen)
-
-
-def _one_line(err: BaseException) -> str:
-    return re.sub(r"\s+", " ", str(err)).strip()

@@ -17,17 +17,17 @@ import numpy as np
 from quill.evaluate.metrics.copying import NgramIndex, copying
 from quill.verse.adherence import adherence
 from quill.verse.form import meter, rhyme, structure
-from quill.verse.score import poetic_score
+from quill.verse.score import asked_rhyme, poetic_score
 from quill.verse.text import diversity, repetition, stopping
 
 # The keys every scored sample carries, in report order; HEADLINE are the ones drawn as bars.
 METRIC_KEYS = [
     "poetic_score", "lines", "stanzas", "words", "words_per_line", "syllables_per_line", "syllables_per_line_std",
-    "rhymed_lines", "rhyme_pairs", "rhyme_adjacent", "rhyme_alternate", "meter_iambic", "meter_any",
+    "rhymed_lines", "rhymed_lines_asked", "rhyme_pairs", "rhyme_adjacent", "rhyme_alternate", "meter_iambic", "meter_any",
     "distinct_1", "distinct_2", "repeated_lines", "loop", "stopped", "copy_longest", "copied",
     "lines_ok", "form_ok", "topic",
 ]
-HEADLINE = ["poetic_score", "rhymed_lines", "meter_iambic", "meter_any", "distinct_1", "distinct_2",
+HEADLINE = ["poetic_score", "rhymed_lines", "rhymed_lines_asked", "meter_iambic", "meter_any", "distinct_1", "distinct_2",
             "repeated_lines", "loop", "stopped", "copied", "lines_ok", "form_ok", "topic"]
 
 BOOTSTRAP_RESAMPLES = 1000
@@ -50,6 +50,9 @@ def score_poem(text: str, checks: dict | None = None, finished: bool | None = No
     out.update(stopping(finished))
     out.update(copying(text, index))
     out.update(adherence(text, checks))
+    # rhyme where the prompt asks for it (couplets, limericks, sonnets, quatrains, a scheme): the figure to
+    # hold against the human corpus' rhymed_lines; None for prompts that do not ask
+    out["rhymed_lines_asked"] = out["rhymed_lines"] if asked_rhyme(checks) else None
     out["poetic_score"] = poetic_score(out, checks)
     return out
 

@@ -223,7 +223,7 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
         print(f"note: {run} has no trained stage model yet; evaluating the base model only")
     form_models = _form_models(cfg, all_loaders, decode)
     loaders = _select(all_loaders, _parse_list(models, what="--models"))
-    all_losses, all_samples, metrics, cis, names, timings = {}, {}, {}, {}, [], {}
+    all_losses, all_samples, metrics, cis, names, timings, speed = {}, {}, {}, {}, [], {}, {}
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"[eval] {len(loaders)} model(s) × {len(suite.prompts)} prompts × {n} seed(s)"
           + (f" × best of {best_of}" if best_of > 1 else "")
@@ -248,6 +248,9 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
             rows = sample_suite(model, tokenizer, template, suite, n, sampling, index, label=row_name,
                                 sampler=sampler, form=form, best_of=best_of, batch_size=batch_size)
             timings[f"{row_name} sampling"] = round(time.perf_counter() - t, 1)
+            tokens = sum(r["new_tokens"] for r in rows)
+            speed[row_name] = {"tokens": tokens, "seconds": timings[f"{row_name} sampling"],
+                               "tokens_per_s": round(tokens / max(timings[f"{row_name} sampling"], 1e-9), 1)}
             names.append(row_name)
             all_samples[row_name] = rows
             metrics[row_name] = aggregate([r["metrics"] for r in rows])
@@ -268,7 +271,8 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
         "seeds": f"generation.seed + {SEED_STRIDE} * prompt index + sample index",
         "losses": all_losses, "metrics": metrics, "intervals": cis,
         "human": human_info, "copy_index": {"texts": index.texts, "ngrams": len(index), "n": index.n},
-        "samples": all_samples, "timings_s": timings, "wall_s": round(time.perf_counter() - t0, 2),
+        "samples": all_samples, "timings_s": timings, "sampling_speed": speed,
+        "wall_s": round(time.perf_counter() - t0, 2),
     }
     if write:
         from quill.train.runfolder import write_json_atomic

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from quill.config import EvalConfig
 from quill.data.template import encode_text
 from quill.generate.engine import Engine
 from quill.generate.sampling import SamplingParams
 from quill.verse.forms import FormError, form_spec
 
-DEFAULT_BATCH_SIZE = 24
+DEFAULT_BATCH_SIZE = EvalConfig.model_fields["batch_size"].default
 
 Progress = Callable[[int, int], None]     # (poems done in this call, tokens they generated)
 

@@ -38,8 +38,10 @@ def form_budget(spec: FormSpec, params: SamplingParams) -> int:
 
 
 class BatchRow:
+    """One prompt of a batch: its settings, its form (a ``LineState``, None for plain decoding), its answer."""
+
     def __init__(self, prompt: list[int], params: SamplingParams, spec: FormSpec | None, budget: int,
-                 stop_ids: list[int], topic: list[str] = ()):
+                 stop_ids: list[int], topic: list[str] | tuple[str, ...] = ()):
         self.prompt, self.params, self.spec, self.budget = prompt, params, spec, budget
         self.form = LineState(spec, params.retries, stop_ids, budget, topic=list(topic)) \
             if spec is not None else None
@@ -50,7 +52,6 @@ class BatchRow:
         self.pos = len(prompt)               # the next token's position id
         self.line_start = (None, 0, None)    # form rows: (logits, position, seen) at the start of the line
         self.restart = False
-        self.steps = 0
         self.gen = make_generator(params.seed if self.form is None else try_seed(params.seed, 0, 0))
 
     def new_try(self) -> None:

@@ -10,8 +10,8 @@ shaped (``LineState.shape``):
   rhymes with the partner line (or, where a later line must rhyme with it, before it ends on a word that
   has rhymes at all);
 - once the line is long enough, words that rhyme with the partner get a logit bonus (``RHYME_BONUS``),
-  so a try that rhymes is likely instead of lucky; on the line's last try, where a rhyme can still be
-  made, only rhyming words (and then a line break) are left;
+  so a try that rhymes is likely instead of lucky; when one more word would make the line too long, and
+  on the line's last try, only rhyming words (and then a line break) are left where a rhyme can be made;
 - the request's topic words get a small bonus (``TOPIC_BONUS``) until the poem has used them.
 When a line ends it is judged (``quill.verse.forms.judge_line``: rhyme, syllables, meter, no repeat). A
 line that fails is tried again from the state at the start of that line, up to ``retries`` times; then
@@ -37,6 +37,7 @@ from quill.verse.phonetics import line_syllables, phones, rhymes, words
 RHYME_BONUS = 4.0          # logits added to words that rhyme with the partner, once a line is long enough
 NEWLINE_BONUS = 2.0        # logits added to a line break once a line may end
 TOPIC_BONUS = 1.5          # logits added to the request's topic words until the poem has used them
+METER_TRIES = 2            # tries of a line that misses only its meter
 MAX_LINE_TOKENS = 32       # a try with no line break by then ends (and is judged as it is)
 FREE_TAIL_TOKENS = 24      # free verse: end-of-turn is forced at the first line end this close to the budget
 _WORD_TOKEN = re.compile(r"^ ?[A-Za-z][a-z']*$")
@@ -166,9 +167,11 @@ class LineState:
         rhyme_ids = vocab.rhyme_tokens(target) if target and ready else None
         if rhyme_ids is not None and len(rhyme_ids):
             logits[rhyme_ids] += RHYME_BONUS
-        if not (ready and self.retries > 1 and len(self.tries) == self.retries - 1):
+        last_try = ready and self.retries > 1 and len(self.tries) == self.retries - 1
+        closing = n >= self.spec.syllable_range(self.index)[1] - 2    # a word or two more and the line is too long
+        if not (last_try or closing):
             return
-        # the last try: where the line can end as asked, it does; where a word can make it, only such words
+        # where the line can end as asked, it does; where a word can make it so, only such words are left
         keep = None
         if ok:
             keep = vocab.newline_t if not stop_allowed else torch.cat([vocab.newline_t, torch.tensor(self.stop_ids)])
@@ -196,7 +199,7 @@ class LineState:
         score = judge_line(self.spec, self.index, self.text, self.lines) if self.text.strip() else 0.0
         current = Try(self.ids, self.cols, end, self.text, score)
         self.tries.append(current)
-        if score < 1.0 and len(self.tries) < self.retries:
+        if score < 1.0 and len(self.tries) < self.retries and not self._meter_only_miss():
             self.resampled += 1
             self._reset_try()
             return "retry", current, self.tries
@@ -209,6 +212,12 @@ class LineState:
         if self.spec.lines is None and len(self.output) >= self.budget - FREE_TAIL_TOKENS:
             done = True
         return ("finish" if done else "accept"), best, tries
+
+    def _meter_only_miss(self) -> bool:
+        """A line that meets everything but the meter is tried again only ``METER_TRIES`` times: a small model
+        scans about half its lines, and chasing stresses over four tries costs more than it gains."""
+        return (self.spec.meter is not None and len(self.tries) >= METER_TRIES
+                and judge_line(self.spec, self.index, self.text, self.lines, meter=False) == 1.0)
 
     def _reset_try(self) -> None:
         self.ids, self.cols, self.text = [], [], ""

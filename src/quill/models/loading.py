@@ -22,23 +22,9 @@ import torch  # noqa: E402
 from quill.config import GenerationConfig, ModelConfig  # noqa: E402
 from quill.data.template import TEMPLATE_FILE, PromptTemplate, template_for  # noqa: E402
 from quill.errors import ModelError, RunError  # noqa: E402
+from quill.models.precision import resolve_dtype  # noqa: E402
 from quill.models.presets import hub_offline, looks_like_hub_id, resolve_model_path  # noqa: E402
 from quill.models.saving import read_generation  # noqa: E402
-
-_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-           "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
-
-
-def resolve_dtype(dtype: Any = None) -> torch.dtype:
-    """None / "auto": bf16 on a GPU that supports it, else fp32 (CPU bf16 matmuls are slow and fp16 weights
-    need loss scaling to train). Also accepts "bf16" / "fp16" / "fp32" and torch dtypes."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    if isinstance(dtype, str) and dtype.lower() in _DTYPES:
-        return _DTYPES[dtype.lower()]
-    raise ModelError(f"unknown dtype {dtype!r} (use auto, bf16, fp16 or fp32)")
 
 
 def _hub_kwargs(path: str, revision: str | None = None) -> dict:

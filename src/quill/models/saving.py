@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from quill.config import GenerationConfig
+from quill.models.precision import resolve_dtype
 
 GENERATION_FILE = "generation_config.json"
 
@@ -63,7 +64,6 @@ def save_model(folder: str | Path, model, tokenizer, template, generation: Gener
     """Atomically write a complete checkpoint (see the module docstring). Pass a plain model
     (``merge_adapter`` first): a PeftModel here is an error rather than a silent adapter-only save."""
     from quill.errors import ModelError
-    from quill.models.loading import resolve_dtype
     if hasattr(model, "peft_config"):
         raise ModelError("save_model needs a plain model: merge_adapter() first, or save_adapter() the adapter")
     original = model.dtype

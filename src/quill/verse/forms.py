@@ -220,10 +220,11 @@ def end_word(line: str) -> str:
     return w[-1] if w else ""
 
 
-def judge_line(spec: FormSpec, i: int, line: str, previous: list[str]) -> float:
+def judge_line(spec: FormSpec, i: int, line: str, previous: list[str], meter: bool = True) -> float:
     """Score line ``i`` (0-based) against the spec, given the accepted lines before it: the mean of the checks
-    that apply (rhyme with its partner, a rhymable end word when it opens a rhyme, syllable count, meter,
-    not a repeat of an earlier line, not ending on a weak word such as "the"). 1.0 = all pass."""
+    that apply (rhyme with its partner, a rhymable end word when it opens a rhyme, syllable count, meter
+    unless ``meter`` is false, not a repeat of an earlier line, not ending on a weak word such as "the").
+    1.0 = all pass."""
     checks: list[float] = []
     end = end_word(line)
     if not end:
@@ -238,7 +239,7 @@ def judge_line(spec: FormSpec, i: int, line: str, previous: list[str]) -> float:
         n = line_syllables(line)
         lo, hi = bounds
         checks.append(1.0 if lo <= n <= hi else max(0.0, 1.0 - 0.25 * min(abs(n - lo), abs(n - hi))))
-    if spec.meter:
+    if spec.meter and meter:
         stresses = line_stresses(line)
         checks.append(1.0 if meter_fit(stresses, METERS[spec.meter[0]]) >= 0.8 else 0.0)
     norm = " ".join(words(line))
