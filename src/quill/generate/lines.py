@@ -31,8 +31,8 @@ from functools import lru_cache
 import pronouncing
 import torch
 
-from quill.verse.forms import MIN_RHYMES, WEAK_ENDS, FormSpec, end_word, judge_line, rhyme_count
-from quill.verse.phonetics import line_syllables, phones, rhymes, words
+from quill.verse.forms import MIN_RHYMES, WEAK_ENDS, FormSpec, end_word, judge_line, rhyme_count, whole_word
+from quill.verse.phonetics import line_syllables, rhymes, words
 
 RHYME_BONUS = 4.0          # logits added to words that rhyme with the partner, once a line is long enough
 NEWLINE_BONUS = 2.0        # logits added to a line break once a line may end
@@ -69,15 +69,15 @@ class Vocabulary:
     def rhymable(self) -> torch.Tensor:
         """Ids of word-start tokens whose word has at least ``MIN_RHYMES`` rhymes (computed on first use)."""
         if self._rhymable is None:
-            ids = [i for w, ids in self.word_ids.items()
-                   if w not in WEAK_ENDS and rhyme_count(w) >= MIN_RHYMES for i in ids]
+            ids = [i for w, ids in self.word_ids.items() if whole_word(w) and rhyme_count(w) >= MIN_RHYMES
+                   for i in ids]
             self._rhymable = torch.tensor(sorted(ids), dtype=torch.long)
         return self._rhymable
 
     def rhyme_tokens(self, word: str) -> torch.Tensor:
         """Ids of word-start tokens whose word rhymes with ``word`` (as ``phonetics.rhymes`` decides)."""
         if word not in self._rhyme_cache:
-            cands = {w for w in _dictionary_rhymes(word) if w in self.word_ids and w not in WEAK_ENDS}
+            cands = {w for w in _dictionary_rhymes(word) if w in self.word_ids and whole_word(w)}
             ids = [i for w in sorted(cands) if rhymes(word, w) for i in self.word_ids[w]]
             self._rhyme_cache[word] = torch.tensor(ids, dtype=torch.long)
         return self._rhyme_cache[word]
@@ -129,10 +129,8 @@ class LineState:
         if n < self.spec.syllable_range(self.index)[0]:
             return False, ""
         end = end_word(self.text)
-        if not (phones(end) or self.text.rstrip()[-1] in _LINE_END_PUNCT):
-            return False, ""      # maybe half a word ("Ca" of "Carhea"): a line ends on a whole word
-        if end in WEAK_ENDS:
-            return False, ""      # "... with the": the line is not over
+        if end in WEAK_ENDS or not (whole_word(end) or self.text.rstrip()[-1] in _LINE_END_PUNCT):
+            return False, ""      # "... with the", or maybe half a word ("Ca" of "Carhea"): not over yet
         partner = self.spec.partner(self.index)
         if partner is not None and partner < len(self.lines):
             target = end_word(self.lines[partner])

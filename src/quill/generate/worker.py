@@ -36,6 +36,7 @@ class Job:
         self.worker, self.params = worker, params
         self.cancel = threading.Event()
         self.result: GenerationResult | None = None
+        self._prompt_tokens = len(prompt_ids)
         # PromptTooLong raised here; prompt_text: the request's words (``form: auto`` reads them)
         self.stream = worker.engine.stream(prompt_ids, params, cancel=self.cancel, prompt_text=prompt_text)
         self._queue: asyncio.Queue = asyncio.Queue()
@@ -48,10 +49,12 @@ class Job:
 
     def _work(self) -> None:
         try:
-            if not self.cancel.is_set():  # a client that left while queued costs nothing
+            if not self.cancel.is_set():  # a client that left (or timed out) while queued costs nothing
                 for delta in self.stream:
                     self._put(delta)
                 self.result = self.stream.result
+            else:   # still answered in full shape: an empty, cancelled result
+                self.result = GenerationResult("", [], self._prompt_tokens, "cancelled")
             self._put(_DONE)
         except BaseException as err:  # noqa: BLE001 - re-raised in the event loop by __anext__
             self._put(err)

@@ -215,6 +215,15 @@ that which whose who if my thy his her its our your their this these those is ar
 """.split())
 
 
+SHORT_WORDS = frozenset("me be we he go so no do lo oh ye thee".split())   # whole words under 3 letters
+
+
+def whole_word(word: str) -> bool:
+    """A word a line may end on: known to the dictionary, not a weak word, and not a fragment the tokenizer
+    split off ("y", "di"): at least 3 letters unless it is one of the short words verse ends on."""
+    return bool(phones(word)) and word not in WEAK_ENDS and (len(word) >= 3 or word in SHORT_WORDS)
+
+
 def end_word(line: str) -> str:
     w = words(line)
     return w[-1] if w else ""
