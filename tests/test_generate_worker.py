@@ -1,11 +1,11 @@
 """The worker behind the server: a job cancelled while it waits in the queue still ends with a result."""
 from __future__ import annotations
 
-import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from quill.generate.worker import ModelWorker
+from tests_support import run_async
 
 
 class _Engine:
@@ -38,4 +38,4 @@ def test_a_job_cancelled_while_queued_ends_with_a_cancelled_result():
         assert await second.text() == ""
         assert second.result is not None and second.result.finish_reason == "cancelled"
         assert second.result.prompt_tokens == 2 and engine.runs == 1
-    asyncio.run(main())
+    run_async(main, timeout=30)   # not asyncio.run: the browser test may leave a loop running
