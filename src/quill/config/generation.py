@@ -54,7 +54,7 @@ class GenerationConfig(_Strict):
     @classmethod
     def _scheme(cls, v: str | None) -> str | None:
         """The schemes quill.verse.forms.expand_rhyme reads: capital letters (spaces and case ignored) or couplets."""
-        if v is None or v.strip().lower() in ("couplets", "aabb"):
+        if v is None or v.strip().lower() == "couplets":
             return v
         letters = v.strip().replace(" ", "").upper()
         if not letters or not all("A" <= c <= "Z" for c in letters) or len(letters) > MAX_LINES:

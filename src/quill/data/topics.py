@@ -13,10 +13,10 @@ from collections import Counter
 from functools import lru_cache
 
 from quill.verse.adherence import stem
+from quill.verse.forms import NUMBER_WORDS as verse_numbers
 from quill.verse.phonetics import phones
 
-NUMBER_WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-                "fifteen sixteen seventeen eighteen nineteen twenty").split()
+NUMBER_WORDS = tuple(verse_numbers)        # "zero" ... "twenty", the words a prompt parser reads back
 STOPWORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below
 between both but by can could did do does doing down during each even ever every few for from further
