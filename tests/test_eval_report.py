@@ -5,9 +5,10 @@ import math
 import re
 
 from quill.evaluate.poetry import aggregate, score_poem
-from quill.evaluate.report import loss_table, perplexity, read_metrics_jsonl, render_markdown, write_report
+from quill.evaluate.report import loss_table, perplexity, render_markdown, write_report
 from quill.evaluate.suite import load_suite
 from quill.evaluate.tables import csv_text, fence, md_table
+from quill.run import RunFolder
 
 POEMS = {
     "base": "the sea the sea the sea the sea",
@@ -84,8 +85,9 @@ def test_markdown_fence_survives_backticks_and_tables_escape_pipes():
     assert render_markdown({}).startswith("# quill evaluation")
 
 
-def test_read_metrics_jsonl_skips_broken_lines(tmp_path):
-    p = tmp_path / "m.jsonl"
-    p.write_text('{"stage": "a", "step": 1, "loss": 2}\nnot json\n')
-    assert read_metrics_jsonl(p) == [{"stage": "a", "step": 1, "loss": 2}]
-    assert read_metrics_jsonl(tmp_path / "missing.jsonl") == []
+def test_read_metrics_skips_broken_lines(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    run.metrics.write_text('{"stage": "a", "step": 1, "loss": 2}\nnot json\n')
+    assert run.read_metrics() == [{"stage": "a", "step": 1, "loss": 2}]
+    assert RunFolder(tmp_path / "missing").read_metrics() == []

@@ -119,9 +119,11 @@ def test_engine_sampler_reports_stop_flags_and_is_seeded(tiny_llama):
     assert len(a) == 3 and a[0].text == b[0].text
     assert all(s.new_tokens <= 3 and isinstance(s.finished, bool) for s in a)
     done = []
-    c = sampling.sample_requests(model, tok, tpl, reqs, batch_size=2, progress=lambda n, t: done.append(n),
+    c = sampling.sample_requests(model, tok, tpl, reqs, batch_size=2, progress=lambda n, t: done.append((n, t)),
                                  max_new_tokens=3)
-    assert done == [2, 1] and [s.text for s in c] == [s.text for s in a]
+    # two slots, three requests (continuous batching): progress hears of each poem as it ends, with its tokens
+    assert [n for n, _ in done] == [1, 1, 1] and sum(t for _, t in done) == sum(s.new_tokens for s in c)
+    assert [s.text for s in c] == [s.text for s in a]
 
 
 def test_stop_token_sets_finished(tiny_llama):

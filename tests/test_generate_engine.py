@@ -54,6 +54,21 @@ def test_batch_rows_match_single_generation(tiny_llama, tiny_gpt2):
             assert row.prompt_tokens == len(prompt)
 
 
+def test_continuous_batching_rows_match_single_generation(tiny_llama, tiny_gpt2):
+    """Fewer slots than prompts: a row that ends hands its slot (and cache row) to the next prompt, and every
+    row still equals its batch-1 run; progress hears of each row once, with its token count."""
+    for fixture in (tiny_llama, tiny_gpt2):
+        e = make_engine(fixture)
+        prompts = [e.chat_prompt(MSG), e.text_prompt("Night"), e.text_prompt("The sea is blue, the sky is red"),
+                   e.text_prompt("A"), e.chat_prompt([{"role": "user", "content": "Sing"}])]
+        params = [e.params(temperature=0, max_new_tokens=m) for m in (3, 9, 5, 12, 2)]
+        counts: list[int] = []
+        batch = e.generate_batch(prompts, params, slots=2, progress=counts.append)
+        for prompt, p, row in zip(prompts, params, batch):
+            assert row.token_ids == e.generate(prompt, p).token_ids
+        assert sorted(counts) == sorted(len(r.token_ids) for r in batch)
+
+
 def test_stream_deltas_add_up_to_the_text(engine):
     stream = engine.stream(engine.chat_prompt(MSG), engine.params(max_new_tokens=24, seed=3))
     deltas = list(stream)

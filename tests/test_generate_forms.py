@@ -161,6 +161,11 @@ def test_a_form_row_does_not_depend_on_its_batchmates(tiny_llama):
                              [e.params(seed=s, form="auto") for s in (1, 2, 7)], prompt_texts=[*others, ask])
     assert batch[2].text == alone.text and batch[2].form == alone.form == "limerick, 5 lines, AABBA, 8-8-6-6-8"
     assert len(poem_lines(batch[0].text)) == 3
+    # two slots for three prompts: the limerick waits for a slot, then joins the running batch
+    joined = e.generate_batch([prompt(e, t) for t in [*others, ask]],
+                              [e.params(seed=s, form="auto") for s in (1, 2, 7)], prompt_texts=[*others, ask],
+                              slots=2)
+    assert [r.text for r in joined] == [r.text for r in batch]
 
 
 def test_streamed_form_lines_add_up_to_the_result(tiny_llama):

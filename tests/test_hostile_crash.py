@@ -130,7 +130,7 @@ def test_disk_full_detection_covers_torch_and_safetensors_errors():
 
 
 def test_second_run_on_a_locked_folder_is_refused(one_stage, tmp_path):
-    from quill.train.runfolder import RunFolder
+    from quill.run import RunFolder
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("the other run's file")

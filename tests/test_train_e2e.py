@@ -81,8 +81,8 @@ def test_lora_trains_only_adapter_weights(tmp_path):
     """The TRL check: after a stage, every base weight is unchanged and every LoRA weight changed."""
     from accelerate import Accelerator
 
+    from quill.run import RunFolder
     from quill.train.loop import fit
-    from quill.train.runfolder import RunFolder
 
     model, inputs, before, _enc = dapt_stage()
     fit(model, inputs, Accelerator(cpu=True), RunFolder(tmp_path))
@@ -158,9 +158,9 @@ def test_compiled_training_pads_every_micro_batch_to_one_shape_and_trains_only_l
     itself is stubbed out here (tests/test_train_dropout.py compiles the hashed dropout for real)."""
     from accelerate import Accelerator
 
+    from quill.run import RunFolder
     from quill.train import fastpaths, loop
     from quill.train.batches import collate
-    from quill.train.runfolder import RunFolder
 
     model, inputs, before, enc = dapt_stage([
         "stages.dapt.adapter.dropout=0.1", "stages.dapt.train.compile=on", "stages.dapt.train.micro_batch=3",
@@ -190,8 +190,8 @@ def test_train_prepares_stages_reading_one_folder_with_one_held_out_set(tmp_path
     from types import SimpleNamespace
 
     from quill.data.clean import text_key
+    from quill.run import RunFolder
     from quill.train.pipeline import _prepare_all
-    from quill.train.runfolder import RunFolder
 
     folder = tmp_path / "poems"
     folder.mkdir()

@@ -35,6 +35,22 @@ def test_linear_cross_entropy_matches_the_plain_loss_and_gradients(bias, train_h
         torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
 
 
+def test_linear_cross_entropy_without_gradients_gives_the_same_loss_and_skips_the_gradient_pass(monkeypatch):
+    """Under no_grad (evaluation) only the loss is computed: same value, and no (softmax - one-hot) @ W."""
+    torch.manual_seed(2)
+    h, w, t = torch.randn(130, 16, dtype=torch.float64), torch.randn(50, 16, dtype=torch.float64), torch.randint(0, 50, (130,))
+    ref = F.cross_entropy(F.linear(h, w), t, reduction="sum")
+    calls = []
+    real_exp = torch.Tensor.exp_
+    monkeypatch.setattr(torch.Tensor, "exp_", lambda self: calls.append(1) or real_exp(self))
+    with torch.no_grad():
+        mine = linear_cross_entropy(h.requires_grad_(), w, None, t, chunk=64)
+    torch.testing.assert_close(mine.double(), ref, rtol=1e-6, atol=1e-4)
+    assert calls == []
+    linear_cross_entropy(h, w, None, t, chunk=64)
+    assert len(calls) == 3      # with gradients: the softmax of each of the three chunks
+
+
 def test_linear_cross_entropy_with_no_targets_is_zero_and_connected():
     h = torch.randn(0, 8, requires_grad=True)
     loss = linear_cross_entropy(h, torch.randn(10, 8), None, torch.zeros(0, dtype=torch.long))

@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", help="plain, form or plain,form (default: config eval.decode, plain,form): "
                                     "form adds the poet decoded form-aware as '<model>+form'")
     p.add_argument("--best-of", type=int, help="samples per (prompt, seed); keep the best by poetic score")
-    p.add_argument("--batch-size", type=int, help="rows per batched generation call (default: eval.batch_size)")
+    p.add_argument("--batch-size", type=int, help="rows decoded at once (default: eval.batch_size)")
     p.add_argument("--losses", action=argparse.BooleanOptionalAction, default=True,
                    help="the loss/perplexity table (--no-losses skips it)")
     p = sub.add_parser("sweep", help="train every point of a grid and tabulate losses and metrics")

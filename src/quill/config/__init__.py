@@ -149,7 +149,8 @@ class EvalConfig(_Strict):
         description="decodings `quill eval` samples: plain, and form-aware (form: auto) as a '<model>+form' row")
     form_models: list[str] | None = Field(None, description="models evaluated with form-aware decoding too "
                                           "(None: the poet, i.e. the last stage)")
-    batch_size: int = Field(24, gt=0, description="rows (prompt, seed) per batched generation call")
+    batch_size: int = Field(48, gt=0, description="rows (prompt, seed) decoded at once; a finished row's slot "
+                            "takes the next request (continuous batching)")
     best_of: int = Field(1, ge=1, le=16, description="samples per (prompt, seed); the best by poetic score is kept")
     train_samples: int = Field(2, ge=0, description="eval.prompts sampled at every evaluation during training "
                                "(mean poetic score logged; 0 = off)")

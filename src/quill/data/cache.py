@@ -2,7 +2,8 @@
 
 ``cached(key_parts, build, save, load)`` returns ``load(folder)`` when a folder for the key exists, else
 runs ``build()``, saves the result with ``save(value, tmp_folder)`` and renames the folder into place
-(atomic: an interrupted build or two processes building at once never leave a half-written entry).
+(``quill.files.atomic_dir``: an interrupted build or two processes building at once never leave a
+half-written entry).
 The key is a hash of ``key_parts``, a JSON-able dict; put in it everything the result depends on:
 
 - the source file's fingerprint (:func:`source_fingerprint`: resolved path, size, mtime — a changed file
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -27,6 +27,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from quill.data.pack import IGNORE_INDEX, Sequence
+from quill.files import atomic_dir
 from quill.paths import cache_home
 
 T = TypeVar("T")
@@ -80,17 +81,13 @@ def cached(key_parts: dict | None, build: Callable[[], T], save: Callable[[T, Pa
         except (OSError, ValueError, KeyError):
             shutil.rmtree(folder, ignore_errors=True)
     value = build()
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(parents=True)
-        save(value, tmp)
-        (tmp / "key.json").write_text(json.dumps(key_parts, indent=1, sort_keys=True, default=str), encoding="utf-8")
-        os.rename(tmp, folder)
+        with atomic_dir(folder, replace=False) as tmp:
+            save(value, tmp)
+            (tmp / "key.json").write_text(json.dumps(key_parts, indent=1, sort_keys=True, default=str),
+                                          encoding="utf-8")
     except OSError:
         pass  # a full disk or a concurrent writer: the value is still good, only not cached
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return value
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Iterable, Sequence
 from quill.config import DataConfig
 from quill.data.records import UNSPLIT, SourceResult
 from quill.errors import DataError
+from quill.files import atomic_path
 from quill.paths import cache_home
 
 CACHE_VERSION = 2    # 2: passages at sentence boundaries
@@ -190,9 +190,7 @@ def _write_cache(path: Path, passages: list[str]) -> None:
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        pq.write_table(pa.table({"text": passages}), tmp, compression="zstd")
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=False) as tmp:
+            pq.write_table(pa.table({"text": passages}), tmp, compression="zstd")
     except Exception:
         pass

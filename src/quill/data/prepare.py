@@ -16,7 +16,6 @@ poem in any stage's val/test is in no stage's train; what moved is counted in ``
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,8 @@ from quill.data.sources import read_source
 from quill.data.split import SPLITS, hold_out_across, make_splits
 from quill.data.synthesize import mix, synthesize, truth_rates
 from quill.errors import DataError
+from quill.files import atomic_open, atomic_write_json
+from quill.run import DATA_MARKER
 
 
 @dataclass
@@ -167,23 +168,25 @@ def _finish(first: _Split, moved: Counter) -> PreparedData:
 
 
 def save_prepared(prepared: PreparedData, folder: Path | str) -> None:
-    """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (all three, possibly empty) and ``report.json``."""
+    """``train.jsonl``, ``val.jsonl``, ``test.jsonl`` (all three, possibly empty) and ``report.json``.
+
+    ``report.json`` is what resume trusts as "this stage's data is ready" (``RunFolder.data_ready``): it is
+    removed first and written last, each file atomically, so a kill in between never leaves a report
+    beside splits that are half written or from another preparation."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / DATA_MARKER).unlink(missing_ok=True)
     for name in SPLITS:
-        tmp = folder / f".{name}.jsonl.tmp"
-        with tmp.open("w", encoding="utf-8") as f:
+        with atomic_open(folder / f"{name}.jsonl") as f:
             for rec in prepared.splits.get(name, []):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, folder / f"{name}.jsonl")
-    report = {"kind": prepared.kind, **prepared.report}
-    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_json(folder / DATA_MARKER, {"kind": prepared.kind, **prepared.report})
 
 
 def load_prepared(folder: Path | str) -> PreparedData:
     """What :func:`save_prepared` wrote; the kind comes from ``report.json``."""
     folder = Path(folder)
-    report_path = folder / "report.json"
+    report_path = folder / DATA_MARKER
     if not report_path.exists():
         raise DataError(f"{report_path}: missing (not a prepared data folder)")
     report = json.loads(report_path.read_text(encoding="utf-8"))

@@ -14,8 +14,9 @@ tetrameter about the moon"):
   (a sonnet is 14 lines that rhyme like one, not any 14 lines);
 - ``scheme``: "rhyming ABAB", "in rhyming couplets", "unrhymed"; ``meter``: "in iambic pentameter".
 The topic is a tag, or (``topics.py``) a dictionary word the poem uses at least once as a noun (closing a phrase after
-"the/my/thy…", possibly past one modifier: "the dark sea"), repeated words and early words first, sometimes
-two joined by "and" ("the sea and the sky"); only one for which ``topic_share(answer, topic_words) == 1.0``:
+"the/my/thy…", possibly past one modifier: "the dark sea") of the answer's first two lines, so every
+answer opens on the subject its prompt names, the first line's words and repeated words first, sometimes two joined by "and" ("the sea and the sky"); only one for
+which ``topic_share(answer, topic_words) == 1.0``:
 the evaluation's own topic check holds for every pair. Since the evaluation's prompts almost all name a topic,
 most pairs do: ``lines`` / ``scheme`` / ``meter`` / ``form`` / ``continue`` pairs name it with chance
 ``max(combine, 0.8)`` ("Continue this poem about the sea:", the topic of the part to write).
@@ -36,7 +37,7 @@ import random
 from collections import Counter
 
 from quill.config import SynthConfig
-from quill.data.topics import NUMBER_WORDS, STOPWORDS, abstract, topic_candidates
+from quill.data.topics import NUMBER_WORDS, OPENING_LINES, STOPWORDS, abstract, opening_line, topic_candidates
 from quill.verse.adherence import form_met, topic_share
 from quill.verse.describe import describe, dominant_meter, scheme_name
 from quill.verse.form import poem_lines
@@ -189,7 +190,8 @@ def _topic(poem: dict, rng: random.Random) -> tuple[str, tuple[str, ...]] | None
         topic_words = tuple(w for w in verse_words(phrase) if w not in STOPWORDS)
         if topic_words and topic_share(poem["text"], list(topic_words)) == 1.0:
             return phrase, topic_words
-    found = [w for w in topic_candidates(poem["text"]) if topic_share(poem["text"], [w]) == 1.0]
+    found = [w for w in topic_candidates(poem["text"])
+             if opening_line(poem["text"], w) < OPENING_LINES and topic_share(poem["text"], [w]) == 1.0]
     if not found:
         return None
     chosen = found[:2] if len(found) > 1 and rng.random() < PAIRED_TOPIC else found[:1]

@@ -41,6 +41,7 @@ youth age memory nature silence sleep glory honour honor pride shame despair mus
 fame wisdom loss longing solitude courage anger desire innocence regret friendship childhood freedom liberty
 happiness sadness loneliness darkness light spring summer autumn winter twilight midnight dawn night""".split())
 TOPIC_CHARS = 2000
+OPENING_LINES = 2     # a synthesized topic is a word of the answer's first two lines
 
 
 def salient_topic(text: str) -> str | None:
@@ -64,7 +65,7 @@ def topic_candidates(text: str) -> list[str]:
     ("the dark sea"). A cheap noun detector: a word followed by another content word ("the wind blows",
     "the dark ...") is a modifier or the subject of a verb phrase and is not taken there. Ranked by how
     often the poem uses the word (counted by stem, so "wave" and "waves" add up), then by its first place;
-    words of the poem's first two lines come before the rest."""
+    words of the poem's first line come first, then those of its second, then the rest."""
     toks = _tokens(text)
     content = [t != "|" and t not in STOPWORDS for t in toks]
     stems = Counter(stem(t) for t, c in zip(toks, content) if c and _topic_word(t))
@@ -83,9 +84,9 @@ def topic_candidates(text: str) -> list[str]:
         if after_det or after_mod:
             slots[w] += 1
             first.setdefault(w, i)
-    # words of the first two lines first: a poem that opens on its subject teaches the poet to do the same
-    opening = set(_tokens("\n".join(text.split("\n")[:2])))
-    ranked = sorted(slots, key=lambda w: (w not in opening, -(stems[stem(w)] + slots[w] - 2 * modifies[w]),
+    # words of the first line first, then of the second: a poem that opens on its subject teaches the poet to
+    # do the same (plain decoding writes only a few lines)
+    ranked = sorted(slots, key=lambda w: (opening_line(text, w), -(stems[stem(w)] + slots[w] - 2 * modifies[w]),
                                           first[w]))
     out, seen = [], set()
     for w in ranked:  # one word a stem: "wave" and "waves" are one topic
@@ -93,6 +94,14 @@ def topic_candidates(text: str) -> list[str]:
             seen.add(stem(w))
             out.append(w)
     return out
+
+
+def opening_line(text: str, word: str) -> int:
+    """0 when ``word`` is a word of the poem's first line, 1 of its second, 2 otherwise."""
+    for i, line in enumerate(text.split("\n")[:OPENING_LINES]):
+        if word in _tokens(line):
+            return i
+    return OPENING_LINES
 
 
 def _tokens(text: str) -> list[str]:

@@ -6,24 +6,17 @@ builder serves ``quill sweep``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import yaml
-
+from quill.errors import QuillError
 from quill.evaluate.figures import line_chart, metric_bars
 from quill.evaluate.poetry import HEADLINE
-from quill.evaluate.report import read_metrics_jsonl
 from quill.evaluate.tables import csv_text, html_img, html_page, html_table, md_table
-from quill.errors import QuillError
+from quill.run import RunFolder
 
 KEY_METRICS = ["poetic_score", "rhymed_lines", "meter_iambic", "distinct_2", "repeated_lines", "stopped", "copied",
                "form_ok"]
 STAGE_FIELDS = [("train_loss", "train loss"), ("val_loss_after", "val loss"), ("test_loss", "test loss")]
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def final_model(eval_data: dict) -> str | None:
@@ -33,18 +26,16 @@ def final_model(eval_data: dict) -> str | None:
     return models[-1] if models else None
 
 
-def run_row(run: Path) -> dict:
+def run_row(run: RunFolder | Path) -> dict:
     """One flat dict for a run: model, per-stage hyper-parameters and losses, speed, final-model metrics."""
-    run = Path(run)
-    summary = _read_json(run / "summary.json")
-    cfg = (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) if (run / "config.yaml").is_file()
-           else {}) or {}
-    ev = _read_json(run / "eval.json")
-    row: dict = {"run": run.name, "model": summary.get("model") or (cfg.get("model") or {}).get("name")}
+    run = RunFolder(run)
+    summary = run.summary()
+    cfg = run.raw_config()
+    ev = run.read_eval()
+    row: dict = {"run": run.path.name, "model": summary.get("model") or (cfg.get("model") or {}).get("name")}
     stage_cfgs = {s.get("name"): s for s in cfg.get("stages") or []}
-    order = summary.get("stage_order") or list(stage_cfgs)
     wall = speed_tok = speed_s = 0.0
-    for stage in order:
+    for stage in run.stage_order():
         tc = (stage_cfgs.get(stage) or {}).get("train") or {}
         st = (summary.get("stages") or {}).get(stage) or {}
         row[f"{stage} batch"] = tc.get("micro_batch")
@@ -77,7 +68,7 @@ def table_of(rows: list[dict]) -> tuple[list[str], list[list]]:
     return headers, [[r.get(h) for h in headers] for r in rows]
 
 
-def _val_curves(runs: list[Path]) -> dict[str, list[tuple]]:
+def _val_curves(runs: list[RunFolder]) -> dict[str, list[tuple]]:
     """Validation loss against a global step (stages laid end to end) per run.
 
     Each stage measures its own val split (poems, then instructions), so the line is broken at stage
@@ -86,7 +77,7 @@ def _val_curves(runs: list[Path]) -> dict[str, list[tuple]]:
     out = {}
     for run in runs:
         pts, offset, last_stage, last_step = [], 0, None, 0
-        for r in read_metrics_jsonl(run / "metrics.jsonl"):
+        for r in run.read_metrics():
             if r.get("stage") != last_stage:
                 offset += last_step
                 if last_stage is not None:
@@ -95,21 +86,21 @@ def _val_curves(runs: list[Path]) -> dict[str, list[tuple]]:
             last_step = max(last_step, r.get("step") or 0)
             if isinstance(r.get("val_loss"), (int, float)):
                 pts.append((offset + r["step"], r["val_loss"]))
-        out[run.name] = pts
+        out[run.path.name] = pts
     return out
 
 
 def run_compare(runs: list[str | Path], out: str | Path = "compare") -> dict[str, Path]:
     """Write compare.md, compare.csv and compare.html for the given run folders into ``out``."""
-    paths = [Path(r) for r in runs]
-    missing = [str(p) for p in paths if not (p / "summary.json").is_file() and not (p / "eval.json").is_file()]
+    folders = [RunFolder(r) for r in runs]
+    missing = [str(p.path) for p in folders if not p.summary_path.is_file() and not p.eval_path.is_file()]
     if missing:
         raise QuillError(f"not finished quill runs (no summary.json or eval.json): {', '.join(missing)}")
-    rows = [run_row(p) for p in paths]
+    rows = [run_row(p) for p in folders]
     names = [r["run"] for r in rows]
     if len(set(names)) != len(names):           # two runs called "demo" in different folders
-        for r, p in zip(rows, paths):
-            r["run"] = str(p)
+        for r, p in zip(rows, folders):
+            r["run"] = str(p.path)
     headers, table = table_of(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +109,8 @@ def run_compare(runs: list[str | Path], out: str | Path = "compare") -> dict[str
                            "final model from its eval.json (— where `quill eval` has not run).\n", encoding="utf-8")
     files["csv"].write_text(csv_text(headers, table), encoding="utf-8")
     bars: dict[str, dict] = {}
-    for r, p in zip(rows, paths):
-        ev = _read_json(p / "eval.json")
+    for r, p in zip(rows, folders):
+        ev = p.read_eval()
         m = (ev.get("metrics") or {}).get(final_model(ev))
         if m:
             bars[r["run"]] = m
@@ -129,7 +120,7 @@ def run_compare(runs: list[str | Path], out: str | Path = "compare") -> dict[str
         bars["human"] = bars.pop("human")       # human last, as in the eval report
     body = ["<h1>quill compare</h1>", html_table(headers, table, left=2),
             "<h2>Validation loss</h2>",
-            html_img(line_chart(_val_curves(paths), "step (stages end to end)", "val loss",
+            html_img(line_chart(_val_curves(folders), "step (stages end to end)", "val loss",
                                 "validation loss (each stage on its own val split)"),
                      "validation loss"),
             "<h2>Poetry metrics (final model of each run)</h2>", html_img(metric_bars(bars, HEADLINE), "metric bars")]

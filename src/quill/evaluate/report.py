@@ -16,6 +16,7 @@ from pathlib import Path
 from quill.evaluate.figures import loss_curves, metric_bars
 from quill.evaluate.poetry import HEADLINE, METRIC_KEYS
 from quill.evaluate.tables import fence, fmt, html_img, html_page, html_table, md_table
+from quill.run import RunFolder
 
 SPLITS = ("train", "val", "test")
 SAMPLE_NOTE_KEYS = ("poetic_score", "rhymed_lines", "meter_iambic", "distinct_2", "copy_longest")
@@ -169,26 +170,13 @@ def render_html(data: dict, metric_rows: list[dict] | None = None) -> str:
     return html_page(f"quill eval {data.get('run', '')}", "\n".join(body))
 
 
-def read_metrics_jsonl(path: Path) -> list[dict]:
-    """Rows of RUN/metrics.jsonl; unreadable lines (a run killed mid-write) are skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
 def write_report(data: dict, out_dir: str | Path, metric_rows: list[dict] | None = None) -> dict[str, Path]:
-    """Write report.md and report.html into ``out_dir``; ``metric_rows`` default to out_dir/metrics.jsonl."""
+    """Write report.md and report.html into ``out_dir``; ``metric_rows`` default to the metrics.jsonl rows of
+    ``out_dir`` as a run folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if metric_rows is None:
-        metric_rows = read_metrics_jsonl(out / "metrics.jsonl")
+        metric_rows = RunFolder(out).read_metrics()
     paths = {"md": out / "report.md", "html": out / "report.html"}
     paths["md"].write_text(render_markdown(data), encoding="utf-8")
     paths["html"].write_text(render_html(data, metric_rows), encoding="utf-8")

@@ -14,7 +14,6 @@ sample uses the same seed + ``BEST_OF_STRIDE * k`` (candidate 0 is the plain sam
 from __future__ import annotations
 
 import gc
-import json
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,14 +22,15 @@ import torch
 from tqdm.auto import tqdm
 
 from quill import __version__
-from quill.config import PipelineConfig, load_config
+from quill.config import EvalConfig, PipelineConfig, load_config
 from quill.errors import QuillError
 from quill.evaluate.metrics.copying import NgramIndex, copying
 from quill.evaluate.poetry import aggregate, intervals, rescore, score_poem
-from quill.evaluate.reference import build_copy_index, human_reference, load_split
+from quill.evaluate.reference import build_copy_index, human_reference
 from quill.evaluate.report import SPLITS, perplexity, write_report
 from quill.evaluate.sampling import Rate, Request, sample_requests
 from quill.evaluate.suite import Suite, load_suite
+from quill.run import RunFolder
 from quill.train.batches import build_loader
 from quill.train.evaluation import eval_loss
 
@@ -45,23 +45,14 @@ class EvalError(QuillError):
     """A run that cannot be evaluated (no config, nothing trained, unknown model name), phrased for the user."""
 
 
-def _stage_order(run: Path, cfg: PipelineConfig) -> list[str]:
-    summary = run / "summary.json"
-    if summary.is_file():
-        order = json.loads(summary.read_text(encoding="utf-8")).get("stage_order")
-        if order:
-            return list(order)
-    return [s.name for s in cfg.stages]
-
-
-def model_loaders(run: Path, cfg: PipelineConfig, stages: list[str]) -> list[tuple[str, Callable]]:
+def model_loaders(run: RunFolder | Path, cfg: PipelineConfig, stages: list[str]) -> list[tuple[str, Callable]]:
     """(name, load) for base and every stage with a saved model; load() -> (model, tokenizer, template)."""
     from quill import models
+    run = RunFolder(run)
     out: list[tuple[str, Callable]] = [("base", lambda: models.load_base(cfg.model)[:3])]
     for stage in stages:
-        folder = run / stage / "model"
-        if (folder / "template.json").is_file():
-            out.append((stage, lambda folder=folder: models.load_checkpoint(folder)[:3]))
+        if run.has_model(stage):
+            out.append((stage, lambda folder=run.model_dir(stage): models.load_checkpoint(folder)[:3]))
     return out
 
 
@@ -77,17 +68,18 @@ def _counted(loader, limit: int | None, bar):
         bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f}", refresh=False)
 
 
-def split_losses(model, tokenizer, template, run: Path, cfg: PipelineConfig, stages: list[str],
+def split_losses(model, tokenizer, template, run: RunFolder | Path, cfg: PipelineConfig, stages: list[str],
                  label: str = "") -> dict:
     """{stage: {split: {"loss", "perplexity", "tokens"}}}: token-weighted, each stage's data with its own
     batching settings (block size, packing), capped by ``eval.max_batches`` (the train split by
     ``eval.train_batches``: its loss only checks for over-fitting, a few batches tell)."""
     out: dict = {}
+    run = RunFolder(run)
     for stage in stages:
         st = cfg.stage(stage)
         kind = "poems" if st.kind == "dapt" else "instructions"
         for split in SPLITS:
-            records = load_split(run, stage, split)
+            records = run.read_split(stage, split)
             if not records:
                 continue
             loader = build_loader(kind, records, tokenizer, template, st.train)
@@ -111,8 +103,8 @@ def suite_requests(suite: Suite, n: int, base_seed: int, form: bool = False, bes
 
 def sample_suite(model, tokenizer, template, suite: Suite, n: int, sampling: dict, index: NgramIndex | None,
                  label: str = "", sampler=None, form: bool = False, best_of: int = 1,
-                 batch_size: int = 24) -> list[dict]:
-    """``n`` scored samples per suite prompt, all requests through ``sampler`` in batches of ``batch_size``.
+                 batch_size: int = EvalConfig.model_fields["batch_size"].default) -> list[dict]:
+    """``n`` scored samples per suite prompt, all requests through ``sampler``, ``batch_size`` rows at a time.
 
     Raw prompts are scored as the whole poem (prompt + continuation), copying on the continuation only
     (the prompt is given, not recalled). With ``best_of`` > 1 each (prompt, seed) keeps its best candidate
@@ -198,12 +190,12 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
     "plain", "form" or both (default ``eval.decode``); ``best_of``/``batch_size`` override ``eval.*``.
     ``sampler`` replaces ``sampling.sample_requests`` (tests).
     """
-    run = Path(run)
-    if not (run / "config.yaml").is_file():
-        raise EvalError(f"{run}: not a quill run folder (no config.yaml)")
+    run = RunFolder(run)
+    if not run.is_run():
+        raise EvalError(f"{run.path}: not a quill run folder (no config.yaml)")
     t0 = time.perf_counter()
-    cfg = load_config(run / "config.yaml")
-    stages = _stage_order(run, cfg)
+    cfg = load_config(run.config)
+    stages = run.stage_order()
     suite = load_suite(cfg.eval.suite, cfg.eval.prompts)
     if quick:
         suite = suite.quick()
@@ -214,13 +206,13 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
     sampling = {k: v for k, v in cfg.generation.model_dump().items() if k in SAMPLING_KEYS}
     if max_new_tokens:
         sampling["max_new_tokens"] = max_new_tokens
-    print(f"[eval] copy index and human reference from {run / 'data'}")
+    print(f"[eval] copy index and human reference from {run.data_root}")
     index = build_copy_index(run, stages)
     human_rows, human_info = human_reference(run, stages, index)
 
     all_loaders = model_loaders(run, cfg, stages)
     if len(all_loaders) == 1:
-        print(f"note: {run} has no trained stage model yet; evaluating the base model only")
+        print(f"note: {run.path} has no trained stage model yet; evaluating the base model only")
     form_models = _form_models(cfg, all_loaders, decode)
     loaders = _select(all_loaders, _parse_list(models, what="--models"))
     all_losses, all_samples, metrics, cis, names, timings, speed = {}, {}, {}, {}, [], {}, {}
@@ -264,7 +256,7 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
         metrics["human"] = aggregate(human_rows)
         cis["human"] = intervals(human_rows)
     data = {
-        "quill_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": str(run),
+        "quill_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "run": str(run.path),
         "model": cfg.model.name, "stage_order": stages, "models": names,
         "suite": {"name": suite.name, "version": suite.version, "prompts": [p.to_dict() for p in suite.prompts]},
         "samples_per_prompt": n, "best_of": best_of, "decode": decode, "sampling": sampling,
@@ -275,8 +267,7 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
         "wall_s": round(time.perf_counter() - t0, 2),
     }
     if write:
-        from quill.train.runfolder import write_json_atomic
-        write_json_atomic(run / "eval.json", data)
-        paths = write_report(data, run)
-        print(f"[eval] wrote {run / 'eval.json'}, {paths['md']}, {paths['html']} in {data['wall_s']:.0f} s")
+        run.write_eval(data)
+        paths = write_report(data, run.path, run.read_metrics())
+        print(f"[eval] wrote {run.eval_path}, {paths['md']}, {paths['html']} in {data['wall_s']:.0f} s")
     return data

@@ -70,26 +70,23 @@ def expected_lines(req: Request) -> int:
 
 def sample_requests(model, tokenizer, template, requests: list[Request], batch_size: int = DEFAULT_BATCH_SIZE,
                     progress: Progress | None = None, **settings) -> list[Sample]:
-    """One sample per request, in request order, decoded ``batch_size`` rows at a time.
+    """One sample per request, in request order, decoded ``batch_size`` rows at a time with continuous
+    batching (a finished row's slot takes the next request at once).
 
-    A batch runs until its slowest row ends, so rows are batched in order of the length they are expected
-    to run (form rows: the lines asked for), then of prompt length (less left padding); results come back
-    in request order."""
+    Rows start in order of the length they are expected to run, longest first (form rows: the lines asked
+    for, so sonnets do not trail at the end with the batch nearly empty), then of prompt length."""
     if not requests:
         return []
     engine = Engine(model, tokenizer, template, name="eval", fast=False)
     ids = [prompt_ids(tokenizer, template, r.prompt, r.mode) for r in requests]
     lines = [expected_lines(r) for r in requests]
-    order = sorted(range(len(requests)), key=lambda i: (requests[i].form, lines[i], len(ids[i])))
+    order = sorted(range(len(requests)), key=lambda i: (-lines[i], -len(ids[i])))
+    results = engine.generate_batch([ids[i] for i in order], [request_params(requests[i], settings) for i in order],
+                                    prompt_texts=[requests[i].prompt for i in order], slots=batch_size,
+                                    progress=None if progress is None else (lambda tokens: progress(1, tokens)))
     out: list[Sample | None] = [None] * len(requests)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        results = engine.generate_batch([ids[i] for i in chunk], [request_params(requests[i], settings) for i in chunk],
-                                        prompt_texts=[requests[i].prompt for i in chunk])
-        for i, r in zip(chunk, results):
-            out[i] = Sample(text=r.text.strip("\n"), finished=r.finish_reason == "stop", new_tokens=len(r.token_ids))
-        if progress is not None:
-            progress(len(chunk), sum(len(r.token_ids) for r in results))
+    for i, r in zip(order, results):
+        out[i] = Sample(text=r.text.strip("\n"), finished=r.finish_reason == "stop", new_tokens=len(r.token_ids))
     return [s for s in out if s is not None]
 
 

@@ -19,6 +19,7 @@ import yaml
 from quill.config import ConfigError, apply_override, load_config, load_raw
 from quill.evaluate.compare import run_row, table_of
 from quill.evaluate.tables import csv_text, md_table
+from quill.run import RunFolder
 
 
 def parse_value(text: str) -> Any:
@@ -56,11 +57,6 @@ def point_id(point: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "-", "_".join(parts)) or "default"
 
 
-def point_complete(run: Path) -> bool:
-    summary = run / "summary.json"
-    return summary.is_file() and bool(json.loads(summary.read_text(encoding="utf-8")).get("complete"))
-
-
 def _train(cfg, run_dir: Path, base_dir: Path) -> None:
     """One training run (indirection so tests can count calls)."""
     from quill.train.pipeline import train
@@ -87,8 +83,9 @@ def run_sweep(config_path, overrides: list[str] | None = None, grid: list[str] |
     for i, point in enumerate(points, 1):
         pid = point_id(point)
         run_dir = out / pid
+        run = RunFolder(run_dir)
         sets = [f"{k}={json.dumps(v)}" for k, v in point.items()]
-        if point_complete(run_dir):
+        if run.complete():
             print(f"[sweep {i}/{len(points)}] {pid}: finished before, skipped")
         else:
             print(f"[sweep {i}/{len(points)}] {pid}: training")
@@ -97,11 +94,11 @@ def run_sweep(config_path, overrides: list[str] | None = None, grid: list[str] |
             _train(cfg, run_dir, base_dir)
             trained += 1
             print(f"[sweep {i}/{len(points)}] {pid}: trained in {time.perf_counter() - t0:.0f} s")
-        if with_eval and not (run_dir / "eval.json").is_file():
+        if with_eval and not run.eval_path.is_file():
             from quill.evaluate.run import run_eval
             run_eval(run_dir, quick=True, losses=False)
         row = {"point": pid, **{k: v for k, v in point.items()}}
-        row.update({k: v for k, v in run_row(run_dir).items() if k != "run"})
+        row.update({k: v for k, v in run_row(run).items() if k != "run"})
         rows.append(row)
     headers, table = table_of(rows)
     files = {"md": out / "sweep.md", "csv": out / "sweep.csv"}

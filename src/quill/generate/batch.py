@@ -9,16 +9,24 @@ Form rows (``generate/lines.py``) may reject a line and start it again: their re
 cache, masked out of attention for that row, and the row's positions continue from the line's start.
 While a row restarts a line it feeds nothing (a masked pad column) and samples from the logits it saved at
 the start of that line. ``decode_batch`` yields (row, text) each time a form row accepts a line, so a
-single streamed row shows its lines as they are accepted (held back while they may be resampled).
+single streamed row shows its lines as they are accepted (held back while they may be resampled), and
+(row, None) when a row ends.
+
+With ``slots`` below the number of rows, a row that ends hands its slot to the next waiting one (continuous
+batching): the newcomer's prompt is prefilled on its own and its key/values written into the slot's last
+cache columns (``generate/kvcache.py``), the slot's mask hiding what it held before. A batch then costs
+about its rows' total tokens over ``slots``, not ``slots`` times its longest row.
 """
 from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from typing import Callable, Iterator
 
 import torch
 
+from quill.generate.kvcache import can_place, decode_cache, place
 from quill.generate.lines import LineState, Vocabulary
 from quill.generate.sampling import SamplingParams, make_generator, sample_rows
 from quill.verse.forms import FormSpec
@@ -72,82 +80,134 @@ class _Context:
 
 
 def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_ids: set[int], vocab_size: int,
-                 vocab: Callable[[], Vocabulary], device, cancel: Callable[[], bool] = lambda: False
-                 ) -> Iterator[tuple[int, str]]:
-    """Decode every row to its end, yielding (row, line) as form rows accept lines; returns the seconds
-    taken (``StopIteration.value``). Results are left on the rows."""
+                 vocab: Callable[[], Vocabulary], device, cancel: Callable[[], bool] = lambda: False,
+                 slots: int | None = None) -> Iterator[tuple[int, str | None]]:
+    """Decode every row to its end, ``slots`` rows at a time (all at once by default): when a row ends, the next
+    waiting one is prefilled into its slot (continuous batching), so a long poem does not hold a batch of
+    finished ones. Yields (row, line) as form rows accept lines and (row, None) as each row ends; returns
+    the seconds taken (``StopIteration.value``). Results are left on the rows."""
     start = time.perf_counter()
-    n, width = len(rows), max(len(r.prompt) for r in rows)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r.prompt):] = torch.tensor(r.prompt)
-        mask[i, width - len(r.prompt):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    # the mask lives on the CPU (rows edit single entries of it); a copy goes to the device for each step
-    mask_buf = torch.zeros((n, width + max(r.budget * (r.params.retries + 1 if r.form else 1) for r in rows) + 1),
-                           dtype=torch.long)
-    mask_buf[:, :width] = mask
+    n = min(slots or len(rows), len(rows))
+    width = max(len(r.prompt) for r in rows)          # every prompt fits before the first decode column
+    waiting = deque(range(n, len(rows)))
+    live = list(range(n))                             # the row each slot decodes
+    cap = width + sum(r.budget * ((r.params.retries + 1) if r.form else 1) + 2 for r in rows)
+    mask_buf = torch.zeros((n, width + 64), dtype=torch.long)   # on the CPU (rows edit single entries of it)
     seen = torch.zeros(n, vocab_size, dtype=torch.bool)
-    seen.scatter_(1, ids.clamp(max=vocab_size - 1), mask.bool())
     ctx = _Context(tokenizer, vocab() if any(r.form for r in rows) else None, stop_ids, mask_buf, seen)
+    penalty = torch.ones(n, 1)
+    penalized = any(r.params.repetition_penalty != 1.0 for r in rows)
     col = width
-    penalty = torch.tensor([[r.params.repetition_penalty] for r in rows])
-    penalized = bool((penalty != 1.0).any())
-    from transformers import DynamicCache
     with torch.inference_mode():
-        cache = DynamicCache(config=model.config)
-        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                    cache=cache, use_cache=True, logits_to_keep=1)
-        logits = out.logits[:, -1].float().cpu()
-        for i, r in enumerate(rows):
-            if r.form:
-                r.line_start = (logits[i].clone(), r.pos, seen[i].clone())
-        while col < mask_buf.shape[1] - 1 and not all(r.done for r in rows):
+        cache = decode_cache(model)
+        logits = torch.zeros(n, vocab_size)
+        _join(model, cache, ctx, rows, live, list(range(n)), logits, penalty, width, pad_id, device, prefill=True)
+        if n < len(rows) and not can_place(cache):
+            raise ValueError("this model's cache cannot take new rows mid-batch: decode with slots=None")
+        ended: set[int] = set()
+        while True:
+            free = [s for s in range(n) if rows[live[s]].done]
+            if free and waiting:
+                joining = free[:len(waiting)]
+                for s in joining:
+                    live[s] = waiting.popleft()
+                _join(model, cache, ctx, rows, live, joining, logits, penalty, col, pad_id, device)
+            if all(rows[i].done for i in live):
+                break
             feed = torch.full((n,), pad_id, dtype=torch.long)
-            active = [i for i, r in enumerate(rows) if not r.done]
-            for i in active:
-                r = rows[i]
+            active = [s for s in range(n) if not rows[live[s]].done]
+            for s in active:
+                r = rows[live[s]]
                 if r.restart:                       # a line starts again from its saved state
-                    logits[i], r.pos, seen[i] = r.line_start
+                    logits[s], r.pos, seen[s] = r.line_start
                     r.restart = False
             if penalized:
                 logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-            for i in active:
-                if rows[i].form:
-                    rows[i].form.shape(logits[i], ctx.vocab)
-            picks = sample_rows(logits, [r.params for r in rows], [r.gen for r in rows], active)
-            for i in active:
-                r = rows[i]
+            for s in active:
+                if rows[live[s]].form:
+                    rows[live[s]].form.shape(logits[s], ctx.vocab)
+            picks = sample_rows(logits, [rows[i].params for i in live], [rows[i].gen for i in live], active)
+            for s in active:
+                r = rows[live[s]]
                 if r.first_token is None:
                     r.first_token = time.perf_counter() - start
-                token = _advance(r, i, picks[i], col, ctx)
+                token = _advance(r, s, picks[s], col, ctx)
                 if token is not None:
-                    feed[i] = token
-                    mask_buf[i, col] = 1
-                    seen[i, token] = True
-            yield from ctx.accepted
+                    feed[s] = token
+                    ctx.mask[s, col] = 1
+                    seen[s, token] = True
+            for s, line in ctx.accepted:
+                yield live[s], line
             ctx.accepted.clear()
             if cancel():
+                waiting.clear()
                 for r in rows:
                     if not r.done:
                         r.done, r.finish = True, "cancelled"
-            if all(r.done for r in rows):
+            for i in live:
+                if rows[i].done and i not in ended:
+                    ended.add(i)
+                    yield i, None
+            if all(rows[i].done for i in live) and not waiting:
                 break
-            fed = mask_buf[:, col].clone()
-            pos = torch.tensor([[r.pos] for r in rows], dtype=torch.long)
-            for i, r in enumerate(rows):
-                r.pos += int(fed[i])
+            if col + 1 >= cap:                      # a safety net: every row ends by its own budget first
+                break
+            if col + 1 >= ctx.mask.shape[1]:
+                ctx.mask = torch.cat([ctx.mask, torch.zeros_like(ctx.mask)], 1)
+            fed = ctx.mask[:, col].clone()
+            pos = torch.tensor([[rows[i].pos] for i in live], dtype=torch.long)
+            for s, i in enumerate(live):
+                rows[i].pos += int(fed[s])
             col += 1
-            out = model(input_ids=feed[:, None].to(device), attention_mask=mask_buf[:, :col].to(device),
+            out = model(input_ids=feed[:, None].to(device), attention_mask=ctx.mask[:, :col].to(device),
                         position_ids=pos.to(device), cache=cache, use_cache=True, logits_to_keep=1)
             logits = out.logits[:, -1].float().cpu()
-            for i, r in enumerate(rows):
-                if r.form and fed[i] and not r.form.ids and not r.done:   # a line break was fed: a line starts
-                    r.line_start = (logits[i].clone(), r.pos, seen[i].clone())
-        for r in rows:
+            for s, i in enumerate(live):
+                r = rows[i]
+                if r.form and fed[s] and not r.form.ids and not r.done:   # a line break was fed: a line starts
+                    r.line_start = (logits[s].clone(), r.pos, seen[s].clone())
+        for i, r in enumerate(rows):
             r.done = True
+            if i not in ended:
+                yield i, None
     return time.perf_counter() - start
+
+
+def _join(model, cache, ctx: _Context, rows: list[BatchRow], live: list[int], joining: list[int],
+          logits: torch.Tensor, penalty: torch.Tensor, end: int, pad_id: int, device, prefill: bool = False) -> None:
+    """Prefill the prompts of the rows that slots ``joining`` now decode, ending at cache column ``end``:
+    left-padded to their longest, positions counted from each row's first real token; the slot's mask
+    hides whatever it held before. ``prefill``: the batch's first forward, written straight into ``cache``."""
+    prompts = [rows[live[s]].prompt for s in joining]
+    w = max(len(p) for p in prompts)
+    ids = torch.full((len(joining), w), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(joining), w), dtype=torch.long)
+    for j, p in enumerate(prompts):
+        ids[j, w - len(p):] = torch.tensor(p)
+        mask[j, w - len(p):] = 1
+    if prefill:   # the first batch: left-padded to the longest prompt of all rows, so later ones fit
+        ids = torch.cat([torch.full((len(joining), end - w), pad_id, dtype=torch.long), ids], 1)
+        mask = torch.cat([torch.zeros((len(joining), end - w), dtype=torch.long), mask], 1)
+        w = end
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    target = cache if prefill else decode_cache(model)
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                cache=target, use_cache=True, logits_to_keep=1)
+    if not prefill:
+        place(cache, joining, target, end)
+    new_logits = out.logits[:, -1].float().cpu()
+    vocab_size = ctx.seen.shape[1]
+    for j, s in enumerate(joining):
+        r = rows[live[s]]
+        ctx.mask[s, :end] = 0
+        ctx.mask[s, end - w:end] = mask[j]
+        ctx.seen[s] = False
+        ctx.seen[s, [t for t in r.prompt if t < vocab_size]] = True
+        logits[s] = new_logits[j]
+        penalty[s, 0] = r.params.repetition_penalty
+        r.pos = len(r.prompt)
+        if r.form:
+            r.line_start = (logits[s].clone(), r.pos, ctx.seen[s].clone())
 
 
 def _advance(r: BatchRow, i: int, t: int, col: int, ctx: _Context) -> int | None:

@@ -17,7 +17,7 @@ An engine is not thread-safe: one generation at a time (the server gives each mo
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -180,11 +180,23 @@ class Engine:
             rows.append(BatchRow(list(ids), p, spec, budget, sorted(self.stop_ids), topic))
         return rows
 
-    def _decode(self, rows: list[BatchRow], cancel: Cancel = None):
-        """Run ``decode_batch`` over the rows; yields (row, line) for accepted form lines; returns results."""
-        seconds = yield from decode_batch(self.model, self.tokenizer, rows, pad_id=self.pad_id,
-                                          stop_ids=self.stop_ids, vocab_size=self.vocab, vocab=self.vocabulary,
-                                          device=self.device, cancel=lambda: cancelled(cancel))
+    def _decode(self, rows: list[BatchRow], cancel: Cancel = None, slots: int | None = None,
+                progress: Callable[[int], None] | None = None):
+        """Run ``decode_batch`` over the rows; yields (row, line) for accepted form lines (and (row, None) as a
+        row ends, after calling ``progress`` with its new-token count); returns the results."""
+        events = decode_batch(self.model, self.tokenizer, rows, pad_id=self.pad_id, stop_ids=self.stop_ids,
+                              vocab_size=self.vocab, vocab=self.vocabulary, device=self.device,
+                              cancel=lambda: cancelled(cancel), slots=slots)
+        while True:
+            try:
+                row, line = next(events)
+            except StopIteration as stop:
+                seconds = stop.value
+                break
+            if line is None and progress is not None:
+                r = rows[row]
+                progress(len(r.form.output if r.form is not None else r.tokens))
+            yield row, line
         results = []
         for r in rows:
             ids = r.form.output if r.form is not None else r.tokens
@@ -201,19 +213,22 @@ class Engine:
         return "\n".join(ln.strip() for ln in text.split("\n")).strip("\n") if by_line else text
 
     def generate_batch(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                       cancel: Cancel = None, prompt_texts: list[str | None] | None = None
+                       cancel: Cancel = None, prompt_texts: list[str | None] | None = None,
+                       slots: int | None = None, progress: Callable[[int], None] | None = None
                        ) -> list[GenerationResult]:
         """Several prompts at once (see ``generate/batch.py``): one ``SamplingParams`` for all rows or one per
         row (each row samples from its own seed, so its poem does not depend on its batchmates; greedy rows
         match ``generate``). Rows whose settings ask for a form (``form: auto`` reads ``prompt_texts``)
         decode line by line. ``params.stop`` strings are for ``stream``/``generate``; here the template's
-        stop tokens end a row. ``best_of`` is not applied here (see ``best_of``)."""
+        stop tokens end a row. ``best_of`` is not applied here (see ``best_of``). ``slots``: decode at most that
+        many rows at once, a finished row's slot going to the next prompt (continuous batching); ``progress``
+        is called with each row's new-token count as it ends."""
         if not prompts:
             return []
         if not isinstance(params, list):
             params = [params or self.defaults] * len(prompts)
         rows = self._rows(prompts, params, prompt_texts or [None] * len(prompts))
-        gen = self._decode(rows, cancel)
+        gen = self._decode(rows, cancel, slots, progress)
         while True:
             try:
                 next(gen)

@@ -196,8 +196,13 @@ def sample_rows(logits: torch.Tensor, params: list[SamplingParams], generators: 
         block = block / temperature
         if top_p >= 1.0 and not top_k:
             probs, index = torch.softmax(block, -1), None
-        else:
+        elif top_k:
             probs, index = candidates(block, top_k, top_p)
+        else:  # top-p alone: each row's nucleus on its own, so one flat row does not sort them all
+            for j, i in enumerate(idx):
+                p, ix = candidates(block[j:j + 1], 0, top_p)
+                out[i] = int(ix[0, int(torch.multinomial(p[0], 1, generator=generators[i])[0])])
+            continue
         for j, i in enumerate(idx):
             choice = int(torch.multinomial(probs[j], 1, generator=generators[i])[0])
             out[i] = choice if index is None else int(index[j, choice])

@@ -17,7 +17,7 @@ import torch
 
 from quill.config import AdapterConfig
 from quill.errors import ModelError
-from quill.models.saving import atomic_replace
+from quill.files import atomic_dir
 
 
 def _is_peft(model) -> bool:
@@ -131,4 +131,6 @@ def save_adapter(folder: str | Path, model) -> Path:
     """Atomically write the adapter alone (``adapter_model.safetensors`` + ``adapter_config.json``)."""
     if not _is_peft(model):
         raise ModelError("save_adapter needs a model with a LoRA adapter (method: full saves with save_model)")
-    return atomic_replace(folder, lambda tmp: model.save_pretrained(str(tmp)))
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(str(tmp))
+    return Path(folder)

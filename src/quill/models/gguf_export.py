@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Iterator
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from quill.errors import ModelError
+from quill.files import atomic_path
 from quill.paths import cache_home
 
 log = logging.getLogger(__name__)
@@ -282,13 +282,8 @@ def export_gguf(model, tokenizer, quant: str = "q8_0", name: str = "model") -> P
     target = gguf_cache_dir() / f"{slug}-{fingerprint(model, tokenizer, quant)[:16]}-{quant}.gguf"
     if target.is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     log.warning("exporting %s to GGUF (%s, once) into %s", name, quant, target)
-    try:
+    with atomic_path(target, fsync=False) as tmp:
         write_gguf(model, tokenizer, tmp, quant, name)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 

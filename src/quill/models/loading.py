@@ -7,7 +7,6 @@ Padding side stays the tokenizer's default; generation (left padding) is the gen
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,11 @@ import torch  # noqa: E402
 
 from quill.config import GenerationConfig, ModelConfig  # noqa: E402
 from quill.data.template import TEMPLATE_FILE, PromptTemplate, template_for  # noqa: E402
-from quill.errors import ModelError, RunError  # noqa: E402
+from quill.errors import ModelError  # noqa: E402
 from quill.models.precision import resolve_dtype  # noqa: E402
 from quill.models.presets import hub_offline, looks_like_hub_id, resolve_model_path  # noqa: E402
 from quill.models.saving import read_generation  # noqa: E402
+from quill.run import RunFolder  # noqa: E402
 
 
 def _hub_kwargs(path: str, revision: str | None = None) -> dict:
@@ -117,18 +117,7 @@ class Servable:
 def find_run_model(run: str | Path) -> tuple[str, Path]:
     """(stage, RUN/<stage>/model) of the last stage (``summary.json`` stage_order, else config.yaml order)
     that has a saved model; an unfinished run serves its latest finished stage."""
-    run = Path(run)
-    order: list[str] = []
-    if (run / "summary.json").is_file():
-        order = json.loads((run / "summary.json").read_text(encoding="utf-8")).get("stage_order") or []
-    if not order and (run / "config.yaml").is_file():
-        import yaml
-        raw = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}
-        order = [s.get("name") for s in raw.get("stages") or [] if isinstance(s, dict) and s.get("name")]
-    for stage in reversed(order):
-        if (run / stage / "model" / TEMPLATE_FILE).is_file():
-            return stage, run / stage / "model"
-    raise RunError(f"{run}: no stage has a saved model yet (expected {run}/<stage>/model, stages {order})")
+    return RunFolder(run).last_model()
 
 
 def _context_length(model, tokenizer) -> int:
@@ -143,11 +132,12 @@ def load_for_inference(spec: str, dtype: Any = None, device: str | None = None) 
     """A model ready to generate (eval mode, on ``device``: default cuda if available): ``spec`` is a run
     folder (its last stage's model), a checkpoint folder (has template.json), or a model name / preset."""
     path = Path(spec).expanduser()
+    run = RunFolder(path)
     if path.is_dir() and (path / TEMPLATE_FILE).is_file():
         name = path.parent.name if path.name == "model" else path.name
         model, tokenizer, template, generation = load_checkpoint(path, dtype)
-    elif path.is_dir() and ((path / "summary.json").is_file() or (path / "config.yaml").is_file()):
-        stage, folder = find_run_model(path)
+    elif path.is_dir() and (run.is_run() or run.summary_path.is_file()):
+        stage, folder = run.last_model()
         name = f"{path.resolve().name}/{stage}"
         model, tokenizer, template, generation = load_checkpoint(folder, dtype)
     else:

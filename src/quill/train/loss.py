@@ -70,13 +70,14 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     if hidden.shape[0] == 0:  # keep the graph connected for DDP when no token carries loss
         return 0.0 * hidden.sum(dtype=torch.float32)
     pad_vocab = pad_vocab or (1 if hidden.device.type == "cpu" else 64)
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, pad_vocab)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, pad_vocab, torch.is_grad_enabled())
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, chunk, pad_vocab):
-        want_w, want_b = weight.requires_grad, bias is not None and bias.requires_grad
+    def forward(ctx, hidden, weight, bias, targets, chunk, pad_vocab, grad_enabled):
+        # no gradient wanted (evaluation under no_grad): the loss alone, without the softmax's gradient pass
+        want_h, want_w, want_b = (grad_enabled and x is not None and x.requires_grad for x in (hidden, weight, bias))
         # under autocast the projection runs in its dtype, as nn.Linear would; the softmax is always fp32
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
             else hidden.dtype
@@ -84,7 +85,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         pad = -vocab % pad_vocab
         w = F.pad(weight.to(dtype), (0, 0, 0, pad))
         b = F.pad(bias.to(dtype), (0, pad)) if bias is not None else None
-        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device) if want_w else None
         grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=weight.device) if want_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -95,6 +96,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits[:, vocab:] = float("-inf")
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if not (want_h or want_w or want_b):
+                continue
             probs = logits.sub_(lse[:, None]).exp_()          # softmax, in place of the logits
             probs[torch.arange(len(t), device=t.device), t] -= 1.0   # d(loss)/d(logits)
             g = probs.to(dtype)
@@ -113,4 +116,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
         h_dtype, w_dtype, b_dtype = ctx.dtypes
         return ((grad_h * grad_out).to(h_dtype),
                 (grad_w * grad_out).to(w_dtype) if grad_w is not None else None,
-                (grad_b * grad_out).to(b_dtype) if grad_b is not None else None, None, None, None)
+                (grad_b * grad_out).to(b_dtype) if grad_b is not None else None, None, None, None, None)

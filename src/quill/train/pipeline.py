@@ -17,9 +17,10 @@ import torch
 from quill.config import PipelineConfig, dump_config, load_config, packaged_config
 from quill.data.prepare import load_prepared, prepare_stages, save_prepared
 from quill.errors import RunError
+from quill.files import atomic_write_text
+from quill.run import RunFolder
 from quill.train.batches import build_loader, encode_split, pad_id_of
 from quill.train.loop import StageInputs, fit, resolve_precision
-from quill.train.runfolder import RunFolder
 from quill.train.samples import eval_samples, sample_prompts
 
 
@@ -28,7 +29,7 @@ def make_accelerator(cfg: PipelineConfig, run: RunFolder):
     trackers = list(cfg.tracking.report_to)
     acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run.path))
     if trackers:
-        acc.init_trackers("tb")
+        acc.init_trackers(run.tb.name)
     return acc
 
 
@@ -40,7 +41,7 @@ def train_from_config(config_path, overrides=None, run_dir=None, overwrite=False
 
 def resume_run(run_dir) -> Path:
     run = RunFolder(run_dir)
-    if not run.config.exists():
+    if not run.is_run():
         raise RunError(f"{run.path}: not a quill run folder (no config.yaml)")
     cfg = load_config(run.config)
     return train(cfg, run.path, resume=True)
@@ -77,7 +78,7 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
         accelerator = make_accelerator(cfg, run)
         main = accelerator.is_main_process
         if main and not resume:
-            run.config.write_text(dump_config(cfg), encoding="utf-8")
+            atomic_write_text(run.config, dump_config(cfg))
         prepared = _prepare_all(cfg, run, base_dir or Path.cwd(), accelerator, resume)
         model, tokenizer, template = models.load_base(cfg.model)
         summary = run.summary() if resume else {}
@@ -117,7 +118,7 @@ def _prepare_all(cfg, run, base_dir, accelerator, resume) -> dict:
     The stages share one held-out set (``prepare_stages``): on resume, stages whose data was saved are
     loaded, not re-prepared, and the stages still to prepare keep none of their val/test poems in train."""
     if accelerator.is_main_process:
-        saved = {s.name for s in cfg.stages if resume and (run.data(s.name) / "report.json").exists()}
+        saved = {s.name for s in cfg.stages if resume and run.data_ready(s.name)}
         todo = [s for s in cfg.stages if s.name not in saved]
         if todo:
             others = [load_prepared(run.data(s.name)) for s in cfg.stages if s.name in saved]

@@ -19,7 +19,8 @@ from quill.verse.score import checks_from_prompt, score_text
 
 
 def sample_prompts(model, tokenizer, template, prompts: list[str], gen_cfg) -> dict[str, str]:
-    """One answer per prompt, formatted by the checkpoint's template, with the run's sampling settings.
+    """One answer per prompt, formatted by the checkpoint's template, with the run's sampling settings, in one
+    batch (each row with its own seed, so an answer does not depend on the other prompts).
 
     Prompt i uses seed ``generation.seed + i``, so the base model and the poet draw the same random numbers.
     """
@@ -28,12 +29,10 @@ def sample_prompts(model, tokenizer, template, prompts: list[str], gen_cfg) -> d
     was_training = model.training
     model.eval()
     engine = Engine(model, tokenizer, template, generation=gen_cfg.model_dump(), fast=False)
-    out = {}
-    for i, prompt in enumerate(prompts):
-        ids = engine.chat_prompt([{"role": "user", "content": prompt}])
-        out[prompt] = engine.generate(ids, engine.params(seed=gen_cfg.seed + i)).text
+    ids = [engine.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
+    results = engine.generate_batch(ids, [engine.params(seed=gen_cfg.seed + i) for i in range(len(prompts))])
     model.train(was_training)
-    return out
+    return {prompt: r.text for prompt, r in zip(prompts, results)}
 
 
 class EvalSamples:
