@@ -181,9 +181,11 @@ def test_three_seeds_per_prompt_with_intervals_and_form_row(tmp_path):
             assert lo - 1e-9 <= mean <= hi + 1e-9, (name, key)
         assert "poetic_score" in data["intervals"][name]
     assert data["intervals"]["sft"]["stopped"][0] < data["intervals"]["sft"]["stopped"][1]
-    # four sampler calls (one per row), only the +form one form-aware, with the same seeds as plain sft
-    assert [all(r.form for r in c) for c in calls] == [False, False, False, True]
-    assert [r.seed for r in calls[3]] == [r.seed for r in calls[2]]
+    # three sampler calls (one per model): the poet's plain and form-aware requests share one, same seeds
+    assert len(calls) == 3 and not any(r.form for c in calls[:2] for r in c)
+    plain, form = calls[2][:6], calls[2][6:]
+    assert len(form) == 6 and not any(r.form for r in plain) and all(r.form for r in form)
+    assert [r.seed for r in form] == [r.seed for r in plain] == [r.seed for r in calls[1]]
     saved = json.loads((run / "eval.json").read_text())
     assert saved["intervals"]["sft"]["poetic_score"] == data["intervals"]["sft"]["poetic_score"]
     md = (run / "report.md").read_text()

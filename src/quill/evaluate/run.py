@@ -102,16 +102,19 @@ def suite_requests(suite: Suite, n: int, base_seed: int, form: bool = False, bes
 
 
 def sample_suite(model, tokenizer, template, suite: Suite, n: int, sampling: dict, index: NgramIndex | None,
-                 label: str = "", sampler=None, form: bool = False, best_of: int = 1,
-                 batch_size: int = EvalConfig.model_fields["batch_size"].default) -> list[dict]:
-    """``n`` scored samples per suite prompt, all requests through ``sampler``, ``batch_size`` rows at a time.
+                 label: str = "", sampler=None, forms: tuple[bool, ...] = (False,), best_of: int = 1,
+                 batch_size: int = EvalConfig.model_fields["batch_size"].default) -> list[list[dict]]:
+    """``n`` scored samples per suite prompt for each decode of ``forms`` (False: plain, True: form-aware), one
+    list of rows per decode. The decodes' requests go through ``sampler`` together, ``batch_size`` rows at a
+    time, so one decode's long rows overlap the other's instead of each decode ending on a near-empty batch.
 
     Raw prompts are scored as the whole poem (prompt + continuation), copying on the continuation only
     (the prompt is given, not recalled). With ``best_of`` > 1 each (prompt, seed) keeps its best candidate
     by poetic score; ``poetic_score_single`` is candidate 0's (what one sample would have scored)."""
     sampler = sampler or sample_requests
     settings = {k: v for k, v in sampling.items() if k != "seed"}
-    requests = suite_requests(suite, n, int(sampling.get("seed") or 0), form, best_of)
+    per_decode = [suite_requests(suite, n, int(sampling.get("seed") or 0), form, best_of) for form in forms]
+    requests = [r for reqs in per_decode for r in reqs]
     rate = Rate()
     with tqdm(total=len(requests), desc=f"sampling {label}", unit="poem", leave=False) as bar:
         def progress(poems: int, tokens: int) -> None:
@@ -120,6 +123,16 @@ def sample_suite(model, tokenizer, template, suite: Suite, n: int, sampling: dic
         samples = sampler(model, tokenizer, template, requests, batch_size=batch_size, progress=progress, **settings)
     if len(samples) != len(requests):
         raise EvalError(f"the sampler returned {len(samples)} samples for {len(requests)} requests")
+    out, at = [], 0
+    for reqs in per_decode:
+        out.append(_scored(suite, n, best_of, samples[at:at + len(reqs)], reqs, index))
+        at += len(reqs)
+    return out
+
+
+def _scored(suite: Suite, n: int, best_of: int, samples: list, requests: list[Request],
+            index: NgramIndex | None) -> list[dict]:
+    """The eval.json rows of one decode's samples (in ``suite_requests`` order), best of ``best_of`` kept."""
     rows, at = [], 0
     for p in suite.prompts:
         for j in range(n):
@@ -233,16 +246,20 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
         rows_of = [(name, False)] if "plain" in decode else []
         if name in form_models:
             rows_of.append((name + FORM_SUFFIX, True))
-        for row_name, form in rows_of:
-            print(f"[eval] {row_name}: sampling {len(suite.prompts) * n * best_of} poems"
-                  + (" (form-aware)" if form else ""))
+        if rows_of:
+            label = " and ".join(row for row, _ in rows_of)
+            print(f"[eval] {label}: sampling {len(suite.prompts) * n * best_of * len(rows_of)} poems"
+                  + (" (plain and form-aware in one batch)" if len(rows_of) > 1 else
+                     " (form-aware)" if rows_of[0][1] else ""))
             t = time.perf_counter()
-            rows = sample_suite(model, tokenizer, template, suite, n, sampling, index, label=row_name,
-                                sampler=sampler, form=form, best_of=best_of, batch_size=batch_size)
-            timings[f"{row_name} sampling"] = round(time.perf_counter() - t, 1)
-            tokens = sum(r["new_tokens"] for r in rows)
-            speed[row_name] = {"tokens": tokens, "seconds": timings[f"{row_name} sampling"],
-                               "tokens_per_s": round(tokens / max(timings[f"{row_name} sampling"], 1e-9), 1)}
+            decoded = sample_suite(model, tokenizer, template, suite, n, sampling, index, label=label,
+                                   sampler=sampler, forms=tuple(f for _, f in rows_of), best_of=best_of,
+                                   batch_size=batch_size)
+            seconds = round(time.perf_counter() - t, 1)
+            timings[f"{label} sampling"] = seconds
+            tokens = sum(r["new_tokens"] for rows in decoded for r in rows)
+            speed[label] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
+        for (row_name, form), rows in zip(rows_of, decoded if rows_of else []):
             names.append(row_name)
             all_samples[row_name] = rows
             metrics[row_name] = aggregate([r["metrics"] for r in rows])
