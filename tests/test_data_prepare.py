@@ -111,8 +111,8 @@ def test_format_report_histogram_and_percentiles():
 
 
 def test_inspect_prints_report_and_marked_examples(tmp_path, capsys):
-    pytest.importorskip("quill.models")
-    from quill.inspect import run_inspect
+    from quill.data.inspection import run_inspect
+    from quill.models import load_tokenizer
     config = tmp_path / "c.yaml"
     config.write_text(f"""
 model: {{name: tiny-gpt2}}
@@ -122,13 +122,14 @@ stages:
     kind: sft
     data: {{source: {FIX / 'instructions.jsonl'}, kind: instructions}}
 """)
-    assert run_inspect(config, [], examples=1) == 0
+    loader = lambda m: load_tokenizer(m.name)  # noqa: E731  (what the CLI passes)
+    assert run_inspect(config, [], examples=1, load_tokenizer=loader) == 0
     out = capsys.readouterr().out
     assert "=== stage dapt" in out and "=== stage sft" in out and "token lengths (train" in out
     assert "[[<|endoftext|>]]" in out  # DAPT: EOS appended, carries loss
     # only the answer (and its end-of-turn) is marked; the prompt is plain
     assert re.search(r"\nUser: [^\[]+\nAssistant: \[\[[^\[]+<\|endoftext\|>\]\]\n\(\d+ tokens, \d+ carry loss\)", out)
-    assert run_inspect(config, [], as_json=True, stage="sft") == 0
+    assert run_inspect(config, [], as_json=True, stage="sft", load_tokenizer=loader) == 0
     data = json.loads(capsys.readouterr().out)
     assert set(data) == {"sft"} and data["sft"]["rows_in"] == 8 and data["sft"]["token_lengths"]["train"]["n"] > 0
 

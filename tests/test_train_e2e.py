@@ -61,7 +61,8 @@ def dapt_stage(overrides=()):
     """The tiny config's DAPT stage, ready for ``fit``: (model, inputs, weights before, encoded train split)."""
     from quill import models
     from quill.data.prepare import prepare_stage_data
-    from quill.train.batches import build_loader, encode_split
+    from quill.data.encode import encode_split
+    from quill.train.batches import build_loader
     from quill.train.loop import StageInputs
 
     cfg = load_config(TINY, list(overrides))

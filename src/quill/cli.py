@@ -148,8 +148,11 @@ def _sampling(args) -> dict:
 def dispatch(args) -> int | None:
     verb = args.verb
     if verb == "data":
-        from quill.inspect import run_inspect
-        return run_inspect(args.config, args.overrides, as_json=args.json, examples=args.examples, stage=args.stage)
+        from quill.data.inspection import run_inspect
+        from quill.models import load_tokenizer
+        return run_inspect(args.config, args.overrides, as_json=args.json, examples=args.examples, stage=args.stage,
+                           load_tokenizer=lambda m: load_tokenizer(m.name, trust_remote_code=m.trust_remote_code,
+                                                                   revision=m.revision))
     if verb == "train":
         from quill.train.pipeline import train_from_config
         train_from_config(args.config, args.overrides, run_dir=args.run_dir, overwrite=args.overwrite)

@@ -19,8 +19,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from quill.data.encode import Encoded
 from quill.data.pack import IGNORE_INDEX
-from quill.train.batches import Encoded, collate, epoch_batches
+from quill.train.batches import collate, epoch_batches
 from quill.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from quill.train.fastpaths import release_freed_memory, training_fast_paths
 from quill.train.evaluation import eval_loss

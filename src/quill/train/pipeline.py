@@ -19,7 +19,8 @@ from quill.data.prepare import load_prepared, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.files import atomic_write_text
 from quill.run import RunFolder
-from quill.train.batches import build_loader, encode_split, pad_id_of
+from quill.data.encode import encode_split
+from quill.train.batches import build_loader, pad_id_of
 from quill.train.loop import StageInputs, fit, resolve_precision
 from quill.train.samples import eval_samples, sample_prompts
 

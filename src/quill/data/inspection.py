@@ -14,19 +14,26 @@ import json
 import sys
 from pathlib import Path
 
-from quill.config import ConfigError, PipelineConfig, StageConfig, load_config
+from typing import Callable
+
+from quill.config import ConfigError, ModelConfig, PipelineConfig, StageConfig, load_config
+from quill.data.encode import encode_examples
+from quill.data.pack import IGNORE_INDEX  # defined once, in pack.py
 from quill.data.prepare import PreparedData, prepare_stages
 from quill.data.report import format_report, length_stats
+from quill.data.template import encode_text, template_for
 from quill.errors import QuillError
-from quill.data.pack import IGNORE_INDEX  # defined once, in pack.py
+
+TokenizerLoader = Callable[[ModelConfig], object]   # the CLI passes quill.models' loader (a layer above data)
 
 SAMPLE_ROWS = 2000        # token lengths are measured on an evenly spread sample of at most this many rows
 MAX_EXAMPLE_CHARS = 1500  # long poems are cut in the printed example (the count of tokens stays exact)
 
 
 def run_inspect(config_path: str | Path, overrides: list[str] | None = None, as_json: bool = False,
-                examples: int = 2, stage: str | None = None) -> int:
-    """Print the report (text or JSON) for each stage (or only ``stage``); returns the exit status."""
+                examples: int = 2, stage: str | None = None, load_tokenizer: TokenizerLoader | None = None) -> int:
+    """Print the report (text or JSON) for each stage (or only ``stage``); returns the exit status.
+    ``load_tokenizer(model_config)`` gives the token statistics and examples (none without it)."""
     cfg = load_config(config_path, overrides)
     stages = _select(cfg, stage)
     base_dir = Path(config_path).resolve().parent
@@ -34,7 +41,7 @@ def run_inspect(config_path: str | Path, overrides: list[str] | None = None, as_
     # (even with --stage) because the stages share one held-out set, as in training
     prepared_all = prepare_stages(cfg.stages, base_dir)
     prepared_stages = [(st, prepared_all[st.name]) for st in stages]
-    tokenizer, template, note = _load_tokenizer(cfg)
+    tokenizer, template, note = _load_tokenizer(cfg, load_tokenizer)
     results: dict[str, dict] = {}
     for st, prepared in prepared_stages:
         lengths = token_lengths(prepared, tokenizer, template) if tokenizer is not None else {}
@@ -69,14 +76,13 @@ def _select(cfg: PipelineConfig, stage: str | None) -> list[StageConfig]:
         raise ConfigError(f"--stage {stage}: no such stage (have {', '.join(s.name for s in cfg.stages)})") from None
 
 
-def _load_tokenizer(cfg: PipelineConfig):
+def _load_tokenizer(cfg: PipelineConfig, load: TokenizerLoader | None):
     """(tokenizer, template, note): the report is still useful without a tokenizer, so a model that cannot
     be loaded (offline hub id, say) costs the token statistics, not the whole inspection."""
+    if load is None:
+        return None, None, "(no token statistics: no tokenizer loader given)"
     try:
-        from quill.data.template import template_for
-        from quill.models import load_tokenizer
-        tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code,
-                                   revision=cfg.model.revision)
+        tokenizer = load(cfg.model)
         return tokenizer, template_for(tokenizer, cfg.model.template), None
     except (QuillError, ImportError, OSError) as err:
         print(f"quill: note: no token statistics: {err}", file=sys.stderr)
@@ -91,24 +97,19 @@ def _sample(rows: list[dict], n: int = SAMPLE_ROWS) -> list[dict]:
 
 
 def token_lengths(prepared: PreparedData, tokenizer, template) -> dict[str, list[int]]:
-    """Tokens per example (untruncated, EOS/end-of-turn included) for a sample of each non-empty split."""
-    from quill.data.template import encode_text
+    """Tokens per example (untruncated, EOS/end-of-turn included) for a sample of each non-empty split, tokenized
+    by training's own ``encode_examples`` (examples it would skip are not counted)."""
     out: dict[str, list[int]] = {}
     for name, rows in prepared.splits.items():
         if not rows:
             continue
-        sample = _sample(rows)
-        if prepared.kind == "poems":
-            out[name] = [len(encode_text(tokenizer, r["text"])) + 1 for r in sample]
-        else:
-            out[name] = [len(template.encode_example(tokenizer, r["messages"], max_length=10 ** 9)["input_ids"])
-                         for r in sample]
+        examples, _ = encode_examples(prepared.kind, _sample(rows), tokenizer, template, max_length=10 ** 9)
+        out[name] = [len(ex.input_ids) for ex in examples]
     return out
 
 
 def format_example(kind: str, record: dict, tokenizer, template, block_size: int) -> str:
     """One training example as text, loss-carrying tokens in ``[[…]]``; with a token count line."""
-    from quill.data.template import encode_text
     if kind == "poems":
         ids = encode_text(tokenizer, record["text"])
         body = _clip(record["text"]) + f"[[{tokenizer.eos_token}]]"
