@@ -69,6 +69,20 @@ def test_continuous_batching_rows_match_single_generation(tiny_llama, tiny_gpt2)
         assert sorted(counts) == sorted(len(r.token_ids) for r in batch)
 
 
+def test_a_cache_whose_rows_cannot_change_hands_decodes_all_rows_at_once(tiny_llama, monkeypatch):
+    import quill.generate.batch as batch_mod
+    monkeypatch.setattr(batch_mod, "can_place", lambda cache: False)
+
+    def place(*a):
+        raise AssertionError("a row was placed into a cache that cannot take one")
+    monkeypatch.setattr(batch_mod, "place", place)
+    e = make_engine(tiny_llama)
+    prompts = [e.text_prompt("Night"), e.text_prompt("A"), e.chat_prompt(MSG)]
+    p = e.params(temperature=0, max_new_tokens=4)
+    assert [r.token_ids for r in e.generate_batch(prompts, p, slots=1)] == [e.generate(x, p).token_ids
+                                                                           for x in prompts]
+
+
 def test_stream_deltas_add_up_to_the_text(engine):
     stream = engine.stream(engine.chat_prompt(MSG), engine.params(max_new_tokens=24, seed=3))
     deltas = list(stream)

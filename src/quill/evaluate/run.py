@@ -246,6 +246,7 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
         rows_of = [(name, False)] if "plain" in decode else []
         if name in form_models:
             rows_of.append((name + FORM_SUFFIX, True))
+        decoded: list[list[dict]] = []
         if rows_of:
             label = " and ".join(row for row, _ in rows_of)
             print(f"[eval] {label}: sampling {len(suite.prompts) * n * best_of * len(rows_of)} poems"
@@ -259,7 +260,7 @@ def run_eval(run, samples: int | None = None, max_new_tokens: int | None = None,
             timings[f"{label} sampling"] = seconds
             tokens = sum(r["new_tokens"] for rows in decoded for r in rows)
             speed[label] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": round(tokens / max(seconds, 1e-9), 1)}
-        for (row_name, form), rows in zip(rows_of, decoded if rows_of else []):
+        for (row_name, _), rows in zip(rows_of, decoded):
             names.append(row_name)
             all_samples[row_name] = rows
             metrics[row_name] = aggregate([r["metrics"] for r in rows])

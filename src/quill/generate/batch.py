@@ -87,7 +87,9 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
     finished ones. Yields (row, line) as form rows accept lines and (row, None) as each row ends; returns
     the seconds taken (``StopIteration.value``). Results are left on the rows."""
     start = time.perf_counter()
-    n = min(slots or len(rows), len(rows))
+    cache = decode_cache(model)
+    # rows change hands only in a cache of plain full-attention layers; any other model decodes all at once
+    n = min(slots or len(rows), len(rows)) if can_place(cache) else len(rows)
     width = max(len(r.prompt) for r in rows)          # every prompt fits before the first decode column
     waiting = deque(range(n, len(rows)))
     live = list(range(n))                             # the row each slot decodes
@@ -99,11 +101,8 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
     penalized = any(r.params.repetition_penalty != 1.0 for r in rows)
     col = width
     with torch.inference_mode():
-        cache = decode_cache(model)
         logits = torch.zeros(n, vocab_size)
         _join(model, cache, ctx, rows, live, list(range(n)), logits, penalty, width, pad_id, device, prefill=True)
-        if n < len(rows) and not can_place(cache):
-            raise ValueError("this model's cache cannot take new rows mid-batch: decode with slots=None")
         ended: set[int] = set()
         while True:
             free = [s for s in range(n) if rows[live[s]].done]

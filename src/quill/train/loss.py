@@ -76,8 +76,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk, pad_vocab, grad_enabled):
-        # no gradient wanted (evaluation under no_grad): the loss alone, without the softmax's gradient pass
         want_h, want_w, want_b = (grad_enabled and x is not None and x.requires_grad for x in (hidden, weight, bias))
+        grads = want_h or want_w or want_b   # False under no_grad (evaluation): the loss alone, no gradient pass
         # under autocast the projection runs in its dtype, as nn.Linear would; the softmax is always fp32
         dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
             else hidden.dtype
@@ -85,7 +85,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         pad = -vocab % pad_vocab
         w = F.pad(weight.to(dtype), (0, 0, 0, pad))
         b = F.pad(bias.to(dtype), (0, pad)) if bias is not None else None
-        grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device) if grads else None
         grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device) if want_w else None
         grad_b = torch.zeros(w.shape[0], dtype=torch.float32, device=weight.device) if want_b else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -96,7 +96,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits[:, vocab:] = float("-inf")
             lse = torch.logsumexp(logits, dim=-1)
             total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-            if not (want_h or want_w or want_b):
+            if not grads:
                 continue
             probs = logits.sub_(lse[:, None]).exp_()          # softmax, in place of the logits
             probs[torch.arange(len(t), device=t.device), t] -= 1.0   # d(loss)/d(logits)
