@@ -14,7 +14,7 @@ import time
 
 from quill.evaluate.sampling import Request, prompt_ids, request_params, sample_requests
 from quill.evaluate.suite import load_suite
-from quill.generate.engine import Engine
+from quill.decoding.engine import Engine
 from quill.models import load_for_inference
 
 SETTINGS = dict(temperature=0.7, top_p=0.95, repetition_penalty=1.1, max_new_tokens=96)

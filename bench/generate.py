@@ -5,7 +5,7 @@ sampling (temperature 0.7, top-p 0.95, repetition penalty 1.1), from the same ch
 run back to back, ``--rounds`` times interleaved; the table shows medians.
 
 - ``transformers generate``: ``model.generate`` with its defaults plus those sampling settings, fp32 and bf16;
-- ``quill eager`` / ``quill compiled``: ``quill.generate.engine.Engine`` with the eager decoder and with the
+- ``quill eager`` / ``quill compiled``: ``quill.decoding.engine.Engine`` with the eager decoder and with the
   static-cache + ``torch.compile`` decoder (what ``Engine.load`` picks by default), fp32 and bf16;
 - ``llama.cpp``: ``llama_cpp.Llama`` on the GGUF the smollm2 preset is converted from (Q4_1), batch 1
   (``n_threads`` = the cores), when ``llama-cpp-python`` is installed and the model is ``smollm2-135m``;
@@ -113,8 +113,8 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
-    from quill.generate.engine import Engine
-    from quill.generate.fast import quantize_int8
+    from quill.decoding.engine import Engine
+    from quill.decoding.fast import quantize_int8
     from quill.models import load_for_inference
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -10,7 +10,7 @@ GPT-2 124M. LoRA r 16 / alpha 32 / dropout 0.05 on q and v (GPT-2: the fused ``c
 - quill: ``quill.train.loop.fit`` on the same poems packed into 512-token blocks, model prepared as
   ``quill.train.pipeline`` does (frozen weights bf16, LoRA fp32, ``precision: auto``);
 - generation: ``model.generate`` (greedy, 128 new tokens, batch 1) against quill's compiled decoder
-  (``quill.generate.fast.make_decoder``, greedy) on the same random bf16 model.
+  (``quill.decoding.fast.make_decoder``, greedy) on the same random bf16 model.
 
 Poems: ``--data DIR`` holding ``poems.npz`` (token ids of real poems; make it here with
 ``python bench/gpu.py --export-data bench/gpu_data`` and send it with the device tool's ``carry``); absent,
@@ -219,7 +219,7 @@ def run_generation(cfg, device, new_tokens: int, compile_: bool) -> list[dict]:
 
 def _quill_decode(model, ids, new_tokens: int) -> dict:
     """quill's compiled decoder (static cache + torch.compile), greedy: compile time reported apart."""
-    from quill.generate.fast import make_decoder
+    from quill.decoding.fast import make_decoder
     with torch.inference_mode():
         t = time.perf_counter()
         dec = make_decoder(model, 1024, "compile")

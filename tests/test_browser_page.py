@@ -29,9 +29,9 @@ def browser_type_launch_args(browser_type_launch_args):
 
 @pytest.fixture()
 def live(tiny_llama, tiny_gpt2, tmp_path):
-    from quill.generate.engine import Engine
-    from quill.generate.live import serve_in_thread
-    from quill.generate.server import create_app
+    from quill.apps.live import serve_in_thread
+    from quill.apps.server import create_app
+    from quill.decoding.engine import Engine
     gen = {"temperature": 0.8, "max_new_tokens": 24, "seed": 0}
     poet = Engine(*tiny_llama, name="poet", context_length=512, generation=gen, fast=False)
     step = poet.decoder.step

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-from quill.generate.chat import ChatSession
-from quill.generate.cli import run_generate
-from quill.generate.engine import Engine
+from quill.apps.chat import ChatSession
+from quill.apps.generate_cli import run_generate
+from quill.decoding.engine import Engine
 
 GEN = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 6, "seed": 0}
 

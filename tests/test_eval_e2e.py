@@ -5,12 +5,12 @@ from pathlib import Path
 
 import pytest
 
+from quill.apps import sweep as sweep_mod
+from quill.apps.sweep import run_sweep
 from quill.config import load_config
-from quill.evaluate import sweep as sweep_mod
 from quill.evaluate.compare import run_compare
 from quill.evaluate.poetry import METRIC_KEYS
 from quill.evaluate.run import run_eval
-from quill.evaluate.sweep import run_sweep
 from quill.train.pipeline import train
 
 pytestmark = pytest.mark.slow

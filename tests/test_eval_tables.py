@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from quill.apps import sweep as sweep_mod
+from quill.apps.sweep import grid_points, parse_grid, point_id, run_sweep
 from quill.config import ConfigError
-from quill.evaluate import sweep as sweep_mod
 from quill.evaluate.compare import run_compare, run_row
-from quill.evaluate.sweep import grid_points, parse_grid, point_id, run_sweep
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 

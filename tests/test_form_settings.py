@@ -12,12 +12,12 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from quill.apps import openai_schema as oa
 from quill.config import FORM_CHOICES, MAX_LINES, METER_FEET, METER_MEASURES, GenerationConfig
-from quill.generate import openai_schema as oa
-from quill.generate.engine import Engine
-from quill.generate.sampling import SAMPLING_KEYS, SamplingError, SamplingParams, parse_setting
+from quill.decoding.engine import Engine
+from quill.decoding.sampling import SAMPLING_KEYS, SamplingError, SamplingParams, parse_setting
 
-WEB = Path(__file__).resolve().parents[1] / "src" / "quill" / "generate" / "web"
+WEB = Path(__file__).resolve().parents[1] / "src" / "quill" / "apps" / "web"
 PLAIN = dict(form=None, lines=None, rhyme=None, meter=None, best_of=1)
 
 # every setting: values GenerationConfig accepts, then values it rejects (bounds and types)
@@ -195,8 +195,8 @@ def test_serve_flags_become_the_server_defaults(tiny_llama, monkeypatch, tmp_pat
 
 def test_api_form_fields_reach_the_engine_and_bad_ones_are_400s(tiny_llama):
     import openai
-    from quill.generate.live import serve_in_thread
-    from quill.generate.server import create_app
+    from quill.apps.live import serve_in_thread
+    from quill.apps.server import create_app
     engine, seen = watched_engine(tiny_llama)
     engine.defaults = engine.params(form="auto")  # as `quill serve --form auto`
     with serve_in_thread(create_app({"poet": engine})) as url:

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
+from quill.apps.arena import ArenaError, ArenaStore, format_results, results
 from quill.cli import main
-from quill.generate.arena import ArenaError, ArenaStore, format_results, results
 
 
 def battle(store, a="poet", b="base"):

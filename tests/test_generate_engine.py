@@ -6,9 +6,9 @@ import threading
 import pytest
 import torch
 
-from quill.generate.engine import Engine, PromptTooLong
-from quill.generate.text import Detokenizer
-from quill.generate.sampling import SamplingError, SamplingParams, apply_repetition_penalty, sample_next
+from quill.decoding.engine import Engine, PromptTooLong
+from quill.decoding.sampling import SamplingError, SamplingParams, apply_repetition_penalty, sample_next
+from quill.decoding.text import Detokenizer
 
 MSG = [{"role": "user", "content": "Write a poem about the sea and the sky"}]
 
@@ -70,7 +70,7 @@ def test_continuous_batching_rows_match_single_generation(tiny_llama, tiny_gpt2)
 
 
 def test_a_cache_whose_rows_cannot_change_hands_decodes_all_rows_at_once(tiny_llama, monkeypatch):
-    import quill.generate.batch as batch_mod
+    import quill.decoding.batch as batch_mod
     monkeypatch.setattr(batch_mod, "can_place", lambda cache: False)
 
     def place(*a):
@@ -224,7 +224,7 @@ def test_int8_weights_stay_close_to_the_model(tiny_llama):
     """The opt-in int8 path: every Linear replaced, logits within a few percent, generation still works."""
     import copy
 
-    from quill.generate.fast import Int8Linear, quantize_int8
+    from quill.decoding.fast import Int8Linear, quantize_int8
     model, tokenizer, template = tiny_llama
     q = copy.deepcopy(model)
     n = quantize_int8(q)

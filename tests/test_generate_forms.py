@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import quill.generate.lines as lines_mod
-from quill.generate.engine import Engine
-from quill.generate.lines import LineState
+from quill.decoding.engine import Engine
+import quill.decoding.lines as lines_mod
+from quill.decoding.lines import LineState
 from quill.verse.adherence import form_met
 from quill.verse.form import end_words, poem_lines
 from quill.verse.forms import FormSpec, form_spec, judge_line, read_prompt
@@ -179,7 +179,7 @@ def test_streamed_form_lines_add_up_to_the_result(tiny_llama):
 @pytest.mark.parametrize("field,value", [("form", "ode"), ("rhyme", "AB1"), ("meter", "iambic blah"),
                                          ("lines", 0), ("retries", 0), ("best_of", 99)])
 def test_bad_form_settings_name_the_field(tiny_llama, field, value):
-    from quill.generate.sampling import SamplingError
+    from quill.decoding.sampling import SamplingError
     e = words_engine(tiny_llama)
     with pytest.raises(SamplingError) as err:
         e.params(**{field: value})

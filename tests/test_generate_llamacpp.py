@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from quill.decoding import llamacpp
+from quill.decoding.engine import Engine
+from quill.decoding.sampling import candidates
 from quill.errors import ModelError
-from quill.generate import llamacpp
-from quill.generate.engine import Engine
-from quill.generate.sampling import candidates
 from quill.models import gguf_export
 
 PROMPTS = ["The sea is blue, the sky is red", "Write a poem about the night.\nThe moon", "Ah, love — 😶 ünïcode"]

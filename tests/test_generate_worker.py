@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from quill.generate.worker import ModelWorker
+from quill.apps.worker import ModelWorker
 from tests_support import run_async
 
 
@@ -16,7 +16,7 @@ class _Engine:
         self.gate, self.runs = threading.Event(), 0
 
     def stream(self, prompt_ids, params, cancel=None, prompt_text=None):
-        from quill.generate.results import GenerationResult, GenerationStream
+        from quill.decoding.results import GenerationResult, GenerationStream
 
         def gen():
             self.runs += 1

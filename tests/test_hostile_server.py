@@ -20,10 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from quill.generate.engine import Engine
-from quill.generate.live import serve_in_thread
+from quill.apps.live import serve_in_thread
+from quill.decoding.engine import Engine
 from tests_support import run_async
-from quill.generate.server import create_app
+from quill.apps.server import create_app
 
 GEN = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 12, "seed": 0}
 SOAK_REQUESTS = int(os.environ.get("QUILL_SOAK_REQUESTS", "150"))
@@ -196,7 +196,7 @@ LIMITS = dict(max_body_bytes=20_000, body_timeout_s=1.0, max_prompt_chars=2_000,
 
 @pytest.fixture(scope="module")
 def limited(tiny_llama):
-    from quill.generate.limits import ServeLimits
+    from quill.apps.limits import ServeLimits
     engines = {"slow": tiny_engine(tiny_llama, "slow", delay=0.02),
                "slower": tiny_engine(tiny_llama, "slower", delay=0.1)}
     app = create_app(engines, limits=ServeLimits(**LIMITS))
@@ -205,7 +205,7 @@ def limited(tiny_llama):
 
 
 def test_defaults_are_sane():
-    from quill.generate.limits import ServeLimits
+    from quill.apps.limits import ServeLimits
     d = ServeLimits()
     assert 100_000 <= d.max_body_bytes <= 10_000_000 and 1 <= d.body_timeout_s <= 60
     assert d.max_tokens <= 4096 and 1 <= d.max_concurrent <= 256 and d.generation_timeout_s <= 600
@@ -311,5 +311,7 @@ def test_api_key_is_compared_in_constant_time(tiny_llama, monkeypatch):
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer s3creX"}).status_code == 401
         assert httpx.get(url + "/v1/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
     assert len(calls) == 2
-    src = (Path(__file__).resolve().parents[1] / "src" / "quill" / "generate" / "server.py").read_text()
+    apps = Path(__file__).resolve().parents[1] / "src" / "quill" / "apps"
+    src = "\n".join(p.read_text() for p in sorted(apps.glob("*.py")))  # the check and every other server module
+    assert "hmac.compare_digest" in src
     assert "api_key ==" not in src and "== api_key" not in src

@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from quill.generate.arena import results as arena_results
-from quill.generate.engine import Engine
-from quill.generate.live import serve_in_thread
-from quill.generate.server import create_app, parse_specs
+from quill.apps.arena import results as arena_results
+from quill.apps.live import serve_in_thread
+from quill.apps.server import create_app, parse_specs
+from quill.decoding.engine import Engine
 from tests_support import run_async
 
 GEN = {"temperature": 0.7, "top_p": 0.95, "repetition_penalty": 1.1, "max_new_tokens": 16, "seed": 0}

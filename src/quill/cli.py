@@ -7,6 +7,8 @@ import sys
 import traceback
 
 from quill import __version__
+from quill.config import FORM_CHOICES, FORM_OFF, GenerationConfig  # the settings: one definition, help included
+from quill.errors import QuillError
 
 
 def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
@@ -17,7 +19,6 @@ def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _setting_help(key: str) -> str:
-    from quill.config import GenerationConfig  # names, bounds and help: the one definition of the settings
     return (GenerationConfig.model_fields[key].description or "").replace("%", "%%")
 
 
@@ -33,7 +34,6 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def _form_args(p: argparse.ArgumentParser, defaults: str = "the run's generation settings") -> None:
-    from quill.config import FORM_CHOICES, FORM_OFF
     g = p.add_argument_group(f"the poem's shape: form-aware decoding (defaults: {defaults})")
     g.add_argument("--form", choices=[*FORM_CHOICES, *FORM_OFF], help=_setting_help("form"))
     g.add_argument("--lines", type=int, help=_setting_help("lines"))
@@ -141,11 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sampling(args) -> dict:
-    from quill.config import GenerationConfig
     return {k: getattr(args, k) for k in GenerationConfig.model_fields if getattr(args, k, None) is not None}
 
 
 def dispatch(args) -> int | None:
+    # Each verb imports its module only when it runs: most pull in torch, transformers or fastapi, which would
+    # make every `quill --help` take seconds (the lightest, the arena store and the limits, add ~70 ms of asyncio).
     verb = args.verb
     if verb == "data":
         from quill.data.inspection import run_inspect
@@ -172,7 +173,7 @@ def dispatch(args) -> int | None:
                  batch_size=args.batch_size)
         return 0
     if verb == "sweep":
-        from quill.evaluate.sweep import run_sweep
+        from quill.apps.sweep import run_sweep
         run_sweep(args.config, args.overrides, grid=args.grid, out=args.out, with_eval=not args.no_eval)
         return 0
     if verb == "compare":
@@ -180,21 +181,21 @@ def dispatch(args) -> int | None:
         run_compare(args.runs, out=args.out)
         return 0
     if verb == "generate":
-        from quill.generate.cli import run_generate
+        from quill.apps.generate_cli import run_generate
         return run_generate(args.run, args.prompt, raw=args.raw, **_backend(args), **_sampling(args))
     if verb == "chat":
-        from quill.generate.chat import run_chat
+        from quill.apps.chat import run_chat
         return run_chat(args.run, **_backend(args), **_sampling(args))
     if verb == "serve":
-        from quill.generate.limits import ServeLimits
-        from quill.generate.server import run_server
+        from quill.apps.limits import ServeLimits
+        from quill.apps.server import run_server
         limits = ServeLimits(max_body_bytes=args.max_body_bytes, max_prompt_chars=args.max_prompt_chars,
                              max_tokens=args.max_tokens, max_concurrent=args.max_concurrent,
                              generation_timeout_s=args.generation_timeout)
         return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db,
                           limits=limits, defaults=_sampling(args), **_backend(args))
     if verb == "arena":
-        from quill.generate.arena import print_results
+        from quill.apps.arena import print_results
         return print_results(args.db)
     return None
 
@@ -206,7 +207,6 @@ def main(argv: list[str] | None = None) -> int:
             (args.verb == "arena" and args.arena_verb is None):
         parser.print_help()
         return 0 if args.verb is None else 2
-    from quill.errors import QuillError
     try:
         rc = dispatch(args)
     except QuillError as err:

@@ -4,7 +4,7 @@ Eval records, per sample, whether generation ended with the end-of-turn / EOS to
 ``max_new_tokens`` (the stopping metric), and is reproducible: each request carries its own seed (see
 ``quill.evaluate.run.sample_suite``: seed = base + 1000 * prompt index + j) and the engine gives each row
 of a batch its own generator, so a sample does not depend on which others share its batch. The serving
-engine (``quill.generate.engine.Engine.generate_batch``) formats prompts as chat and serve do (chat through
+engine (``quill.decoding.engine.Engine.generate_batch``) formats prompts as chat and serve do (chat through
 the checkpoint's template, raw as plain text as DAPT saw poems); a request with ``form=True`` is decoded
 form-aware (``SamplingParams(form="auto")``: the shape is read from the prompt's own words).
 
@@ -19,8 +19,8 @@ from typing import Callable
 
 from quill.config import EvalConfig
 from quill.data.template import encode_text
-from quill.generate.engine import Engine
-from quill.generate.sampling import SamplingParams
+from quill.decoding.engine import Engine
+from quill.decoding.sampling import SamplingParams
 from quill.verse.forms import FormError, form_spec
 
 DEFAULT_BATCH_SIZE = EvalConfig.model_fields["batch_size"].default

@@ -2,7 +2,7 @@
 
 Why: at batch 1 on a CPU, llama.cpp's fused, quantized kernels decode a 135M model ~3x faster than torch's
 eager loop (docs/PERFORMANCE.md). quill's checkpoints are safetensors folders, so the llama.cpp backend
-(``quill.generate.llamacpp``) exports them once to GGUF and caches the file.
+(``quill.decoding.llamacpp``) exports them once to GGUF and caches the file.
 
 This is a small, focused version of llama.cpp's ``convert_hf_to_gguf.py`` (the reference; same metadata
 keys and tensor conventions) for the architectures quill trains: ``llama`` (SmolLM2, DeepSeek-coder) and

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 
-from quill.generate.engine import Engine
+from quill.decoding.engine import Engine
 from quill.train.loss import hf_model
 from quill.verse.score import checks_from_prompt, score_text
 

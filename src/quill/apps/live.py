@@ -11,11 +11,12 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import uvicorn
+
 
 @contextmanager
 def serve_in_thread(app, host: str = "127.0.0.1", timeout: float = 30.0) -> Iterator[str]:
     """Yields the base URL (``http://127.0.0.1:PORT``) while the app serves; stops it on exit."""
-    import uvicorn
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))

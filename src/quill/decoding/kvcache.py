@@ -7,7 +7,7 @@ columns (doubled when full), so a step writes one column; what the model sees (`
 view of the filled part, so attention and masks work unchanged.
 
 ``place`` puts a new request's prefilled prompt into a row of a running batch (continuous batching, see
-``generate/batch.py``): its key/values go in the row's last columns before the current one, and the
+``decoding/batch.py``): its key/values go in the row's last columns before the current one, and the
 row's attention mask (kept by the caller) hides everything older.
 """
 from __future__ import annotations

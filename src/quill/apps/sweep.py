@@ -3,7 +3,8 @@
 The grid is the config's ``sweep:`` mapping (dotted key -> values) and/or ``--grid KEY=V1,V2``
 (the command line wins per key); points are the cartesian product, each a full run in OUT/<point>.
 A point whose run folder has a complete summary.json is not trained again, so an interrupted
-sweep is resumed by running the same command.
+sweep is resumed by running the same command. It sits in ``apps`` because it runs both training and
+evaluation, the two layers below it.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ import yaml
 
 from quill.config import ConfigError, apply_override, load_config, load_raw
 from quill.evaluate.compare import run_row, table_of
+from quill.evaluate.run import run_eval
 from quill.evaluate.tables import csv_text, md_table
 from quill.run import RunFolder
+from quill.train.pipeline import train
 
 
 def parse_value(text: str) -> Any:
@@ -59,7 +62,6 @@ def point_id(point: dict[str, Any]) -> str:
 
 def _train(cfg, run_dir: Path, base_dir: Path) -> None:
     """One training run (indirection so tests can count calls)."""
-    from quill.train.pipeline import train
     train(cfg, run_dir, overwrite=True, base_dir=base_dir)
 
 
@@ -95,7 +97,6 @@ def run_sweep(config_path, overrides: list[str] | None = None, grid: list[str] |
             trained += 1
             print(f"[sweep {i}/{len(points)}] {pid}: trained in {time.perf_counter() - t0:.0f} s")
         if with_eval and not run.eval_path.is_file():
-            from quill.evaluate.run import run_eval
             run_eval(run_dir, quick=True, losses=False)
         row = {"point": pid, **{k: v for k, v in point.items()}}
         row.update({k: v for k, v in run_row(run).items() if k != "run"})

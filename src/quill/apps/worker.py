@@ -17,9 +17,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, AsyncIterator
 
-from quill.generate.engine import Engine
-from quill.generate.results import GenerationResult
-from quill.generate.sampling import SamplingParams
+from quill.decoding.engine import Engine
+from quill.decoding.results import GenerationResult
+from quill.decoding.sampling import SamplingParams
 
 _DONE = object()
 

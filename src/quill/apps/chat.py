@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from quill.config import FORM_CHOICES
-from quill.generate.engine import Engine
-from quill.generate.sampling import SAMPLING_KEYS, SamplingError, SamplingParams, parse_setting
+from quill.decoding.engine import Engine
+from quill.decoding.sampling import SAMPLING_KEYS, SamplingError, SamplingParams, parse_setting
 
 HELP = f"""commands:
   /reset              forget the conversation (the system message stays)

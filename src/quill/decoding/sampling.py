@@ -48,7 +48,7 @@ class SamplingParams:
     max_new_tokens: int = _D.max_new_tokens
     seed: int | None = None
     stop: tuple[str, ...] = ()  # strings that end the answer (not included), as OpenAI's ``stop``
-    # form-aware decoding (see quill.verse.forms and quill.generate.lines): None = plain decoding
+    # form-aware decoding (see quill.verse.forms and quill.decoding.lines): None = plain decoding
     form: str | None = _D.form          # sonnet, haiku, limerick, quatrain, couplets, free, auto (reads the prompt)
     lines: int | None = _D.lines        # exact number of lines
     rhyme: str | None = _D.rhyme        # a scheme, one letter per line ("ABAB", "AABBA") or "couplets"

@@ -7,8 +7,8 @@ overhead (its logits-processor and stopping-criteria machinery costs as much as 
 The loop here is the whole story: one forward over the prompt, then one forward per new token with
 ``logits_to_keep=1`` so only the last position is projected to the vocabulary.
 
-Speed knobs live in :mod:`quill.generate.fast` (dtype choice, opt-in int8 weights, static cache +
-``torch.compile`` for GPUs) and :mod:`quill.generate.llamacpp` (the forward pass in llama.cpp, opt-in); the
+Speed knobs live in :mod:`quill.decoding.fast` (dtype choice, opt-in int8 weights, static cache +
+``torch.compile`` for GPUs) and :mod:`quill.decoding.llamacpp` (the forward pass in llama.cpp, opt-in); the
 engine falls back to the eager loop whenever a fast decoder cannot be built.
 Per-token work outside the model is kept to a few passes over the vocabulary (see ``sampling``).
 
@@ -16,19 +16,24 @@ An engine is not thread-safe: one generation at a time (the server gives each mo
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Callable
 
 import torch
 
 from quill.data.template import encode_text
+from quill.decoding.batch import BatchRow, decode_batch, form_budget
+from quill.decoding.fast import inference_dtype, make_decoder, quantize_int8
+from quill.decoding.lines import Vocabulary
+from quill.decoding.llamacpp import check_backend, pick_decoder
+from quill.decoding.results import Cancel, GenerationResult, GenerationStream, cancelled
+from quill.decoding.sampling import SamplingParams, make_generator, sample_next
+from quill.decoding.text import Detokenizer, StopText
 from quill.errors import QuillError
-from quill.generate.batch import BatchRow, decode_batch, form_budget
-from quill.generate.lines import Vocabulary
-from quill.generate.results import Cancel, GenerationResult, GenerationStream, cancelled
-from quill.generate.sampling import SamplingParams, make_generator, sample_next
-from quill.generate.text import Detokenizer, StopText
+from quill.models import load_for_inference
 from quill.verse.score import checks_from_prompt, score_text
+
 
 class PromptTooLong(QuillError, ValueError):
     """The prompt leaves no room for a single new token in the model's context window."""
@@ -46,7 +51,6 @@ class Engine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.stop_ids)
         self.device = next(model.parameters()).device
         self.vocab = model.get_output_embeddings().weight.shape[0]
-        from quill.generate.fast import make_decoder
         self.decoder = decoder if decoder is not None else make_decoder(model, self.context_length, fast)
         self._vocabulary: Vocabulary | None = None
 
@@ -56,16 +60,12 @@ class Engine:
         """Load a run folder / checkpoint / preset through ``quill.models`` and wrap it.
 
         ``backend`` (or ``QUILL_GEN_BACKEND``): ``torch`` (default), ``llama.cpp`` (the forward pass in
-        llama.cpp on a cached GGUF export; see ``quill.generate.llamacpp``) or ``auto`` (llama.cpp when it is
+        llama.cpp on a cached GGUF export; see ``quill.decoding.llamacpp``) or ``auto`` (llama.cpp when it is
         installed, the model is on the CPU and its architecture exports, else torch). ``quantize`` (or
         ``QUILL_GEN_QUANT``): for torch ``int8`` (int8 weights on CPU, ~1.4x faster, slightly lossy) or none;
         for llama.cpp the GGUF weight type, ``q8_0`` by default (``f32``/``none``, ``f16``, ``q8_0``/``int8``,
         ``q5_0``, ``q5_1``, ``q4_0``, ``q4_1``). A llama.cpp backend that cannot run falls back to torch
         with a warning naming why."""
-        import os
-        from quill.generate.fast import inference_dtype, quantize_int8
-        from quill.generate.llamacpp import check_backend, pick_decoder
-        from quill.models import load_for_inference
         quantize = quantize or os.environ.get("QUILL_GEN_QUANT") or None
         backend = check_backend(backend or os.environ.get("QUILL_GEN_BACKEND") or "torch", quantize)
         s = load_for_inference(spec, dtype=inference_dtype(dtype))
@@ -106,7 +106,7 @@ class Engine:
         """Text deltas as they are decoded. Raises PromptTooLong at once (before any work).
 
         Settings that ask for a form (``form``, ``lines``, ``rhyme``, ``meter``; ``form: auto`` reads
-        ``prompt_text``, the request's own words) decode line by line (``generate/lines.py``) and stream
+        ``prompt_text``, the request's own words) decode line by line (``decoding/lines.py``) and stream
         each line once it is accepted; ``best_of`` > 1 samples that many and streams the best at once."""
         params = params or self.defaults
         budget = self._budget(len(prompt_ids), params)
@@ -216,7 +216,7 @@ class Engine:
                        cancel: Cancel = None, prompt_texts: list[str | None] | None = None,
                        slots: int | None = None, progress: Callable[[int], None] | None = None
                        ) -> list[GenerationResult]:
-        """Several prompts at once (see ``generate/batch.py``): one ``SamplingParams`` for all rows or one per
+        """Several prompts at once (see ``decoding/batch.py``): one ``SamplingParams`` for all rows or one per
         row (each row samples from its own seed, so its poem does not depend on its batchmates; greedy rows
         match ``generate``). Rows whose settings ask for a form (``form: auto`` reads ``prompt_texts``)
         decode line by line. ``params.stop`` strings are for ``stream``/``generate``; here the template's

@@ -17,7 +17,7 @@ When a line ends it is judged (``quill.verse.forms.judge_line``: rhyme, syllable
 line that fails is tried again from the state at the start of that line, up to ``retries`` times; then
 the best-scoring try is kept. After the last line, end-of-turn is forced.
 
-The retries need the KV cache as it was at the start of the line: the batch loop (``generate/batch.py``)
+The retries need the KV cache as it was at the start of the line: the batch loop (``decoding/batch.py``)
 keeps a rejected try's entries in the cache but masks them out of attention for that row (and continues
 its position ids from the line start), which for the model is the same as never having seen them, and
 works for every row of a batch independently.

@@ -1,4 +1,5 @@
-"""The arena's HTTP routes: make a blind battle, take a vote, show the results.
+"""The arena's HTTP routes (``/arena/info``, ``/arena/battle``, ``/arena/vote``, ``/arena/results``): make a
+blind battle, take a vote, show the results.
 
 Why the server shuffles A/B and hides the names until the vote: a person who knows which poem came from
 the fine-tuned poet votes for the story, not the poem. The shuffle uses ``secrets`` so the order cannot be
@@ -9,36 +10,39 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from typing import Any, Callable
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter
 
-from quill.generate import openai_schema as oa
-from quill.generate.arena import ArenaError, results
+from quill.apps import openai_schema as oa
+from quill.apps.api_errors import ApiError
+from quill.apps.arena import ArenaError, ArenaStore, results
+from quill.apps.service import Service
 
 NEEDS_TWO = ("the arena needs two models: start the server with two runs, e.g. `quill serve base=smollm2-135m "
              "poet=runs/demo` (the same run twice under two names also works: `a=RUN b=RUN`)")
 
 
-def add_arena_routes(app: FastAPI, worker_for: Callable, submit: Callable, api_error: type) -> None:
-    workers = app.state.workers
+def arena_router(service: Service) -> APIRouter:
+    router = APIRouter()
+    workers, worker_for, submit = service.workers, service.worker_for, service.submit
 
-    def store():
-        if app.state.arena is None:
-            raise api_error(503, "this server keeps no arena database (--arena-db)", type_="server_error")
-        return app.state.arena
+    def store() -> ArenaStore:
+        if service.arena is None:
+            raise ApiError(503, "this server keeps no arena database (--arena-db)", type_="server_error")
+        return service.arena
 
-    @app.get("/arena/info")
+    @router.get("/arena/info")
     async def info():
         return {"models": list(workers), "ready": len(workers) >= 2, "message": None if len(workers) >= 2
                 else NEEDS_TWO}
 
-    @app.post("/arena/battle")
+    @router.post("/arena/battle")
     async def battle(req: oa.ArenaBattleRequest):
         db = store()
         names = list(workers)
         if len(names) < 2:
-            raise api_error(400, NEEDS_TWO, code="needs_two_models")
+            raise ApiError(400, NEEDS_TWO, code="needs_two_models")
         a, b = req.model_a, req.model_b
         if a is None and b is None:
             a, b = secrets.SystemRandom().sample(names, 2)
@@ -48,7 +52,7 @@ def add_arena_routes(app: FastAPI, worker_for: Callable, submit: Callable, api_e
             other = secrets.choice([n for n in names if n != chosen])
             a, b = chosen, other
         if a == b:
-            raise api_error(400, "model_a and model_b must differ", param="model_b")
+            raise ApiError(400, "model_a and model_b must differ", param="model_b")
         wa, wb = worker_for(a), worker_for(b)
         messages = [{"role": "user", "content": req.prompt}]
         overrides: dict[str, Any] = {"temperature": req.temperature, "top_p": req.top_p,
@@ -56,7 +60,7 @@ def add_arena_routes(app: FastAPI, worker_for: Callable, submit: Callable, api_e
         try:
             ids_a, ids_b = wa.engine.chat_prompt(messages), wb.engine.chat_prompt(messages)
         except ValueError as err:
-            raise api_error(400, str(err), param="prompt") from None
+            raise ApiError(400, str(err), param="prompt") from None
         job_a = submit(wa, ids_a, overrides)
         try:
             job_b = submit(wb, ids_b, {**job_a.params.to_dict(), "seed": None})  # same settings for both
@@ -70,16 +74,18 @@ def add_arena_routes(app: FastAPI, worker_for: Callable, submit: Callable, api_e
         battle_id = await asyncio.to_thread(db.add_battle, req.prompt, text_a, text_b, a, b, sampling)
         return {"id": battle_id, "prompt": req.prompt, "output_a": text_a, "output_b": text_b}
 
-    @app.post("/arena/vote")
+    @router.post("/arena/vote")
     async def vote(req: oa.ArenaVoteRequest):
         db = store()
         try:
             row = await asyncio.to_thread(db.vote, req.id, req.vote)
         except ArenaError as err:
-            raise api_error(err.status, str(err), param="id",
-                            code={404: "battle_not_found", 409: "already_voted"}.get(err.status)) from None
+            raise ApiError(err.status, str(err), param="id",
+                           code={404: "battle_not_found", 409: "already_voted"}.get(err.status)) from None
         return {"id": row["id"], "vote": row["vote"], "model_a": row["model_a"], "model_b": row["model_b"]}
 
-    @app.get("/arena/results")
+    @router.get("/arena/results")
     async def arena_results():
         return {"rows": await asyncio.to_thread(results, store())}
+
+    return router

@@ -2,7 +2,7 @@
 
 Why: a 135M model at batch 1 spends its step in ~450 small torch kernels (eager fp32: ~30 tokens/s here);
 llama.cpp runs the same step as a few fused, quantized kernels (~100 tokens/s, docs/PERFORMANCE.md). Only the
-forward pass moves: prompts, the chat template, sampling (``quill.generate.sampling``), stop tokens and
+forward pass moves: prompts, the chat template, sampling (``quill.decoding.sampling``), stop tokens and
 streaming stay quill's, so every backend answers the same way for the same logits.
 
 The checkpoint is exported once to GGUF (``quill.models.gguf_export``, cached by content hash + quant type)
@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from quill.errors import QuillError
+from quill.models.gguf_export import ARCHITECTURES, QUANT_TYPES, export_gguf
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class BackendUnavailable(QuillError, RuntimeError):
 def available() -> bool:
     """Whether llama-cpp-python imports (its shared library included); only asked when a backend needs it."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp  # noqa: F401 - lazy: an optional dependency that may be missing
     except Exception:  # noqa: BLE001 - missing package, or a build whose library does not load
         return False
     return True
@@ -57,7 +58,6 @@ def cpu_threads() -> int:
 def gguf_quant(quantize: str | None) -> str:
     """``quantize`` as a GGUF type: None -> q8_0 (near-lossless, 4x less to read than fp32), ``none`` -> f32,
     ``int8`` -> q8_0, else one of ``quill.models.gguf_export.QUANT_TYPES``."""
-    from quill.models.gguf_export import QUANT_TYPES
     quant = QUANT_ALIASES.get(quantize or DEFAULT_QUANT, quantize or DEFAULT_QUANT)
     if quant not in QUANT_TYPES:
         raise QuillError(f"quantize: {quantize!r} is not a llama.cpp weight type (use {', '.join(QUANT_TYPES)})")
@@ -70,7 +70,7 @@ class LlamaCppDecoder:
     kind = "llama.cpp"
 
     def __init__(self, model_path: str | Path, context_length: int, n_vocab: int, threads: int | None = None):
-        import llama_cpp
+        import llama_cpp  # lazy: an optional dependency (the ``llama`` extra), imported only when used
         self._lib = llama_cpp
         self.model_path, self.context_length, self.n_vocab = str(model_path), int(context_length), int(n_vocab)
         self.threads = threads or cpu_threads()
@@ -141,7 +141,6 @@ class LlamaCppDecoder:
 
 def unsupported_reason(model) -> str | None:
     """Why this model cannot use the llama.cpp backend, or None when it can."""
-    from quill.models.gguf_export import ARCHITECTURES
     if not available():
         return "llama-cpp-python is not installed (pip install 'quill[llama]' or pip install llama-cpp-python)"
     if next(model.parameters()).device.type != "cpu":
@@ -155,7 +154,6 @@ def unsupported_reason(model) -> str | None:
 def make_llamacpp_decoder(model, tokenizer, context_length: int, quantize: str | None = None,
                           name: str = "model") -> LlamaCppDecoder:
     """Export (or reuse the cached export of) ``model`` at ``quantize`` and open it in llama.cpp."""
-    from quill.models.gguf_export import export_gguf
     reason = unsupported_reason(model)
     if reason:
         raise BackendUnavailable(f"{name}: llama.cpp backend unavailable: {reason}")

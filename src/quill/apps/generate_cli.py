@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from quill.generate.engine import Engine
-from quill.generate.sampling import SamplingParams
+from quill.decoding.engine import Engine
+from quill.decoding.sampling import SamplingParams
 
 
 def run_generate(run: str, prompt: str, raw: bool = False, backend: str | None = None, quantize: str | None = None,

@@ -5,7 +5,7 @@ row's own tokens, so a row decodes as it would alone (up to float rounding; gree
 Each row draws from its own generator (seeded by its ``seed``, and for form rows by the line and try),
 so a row's poem does not depend on which other rows share its batch.
 
-Form rows (``generate/lines.py``) may reject a line and start it again: their rejected tokens stay in the
+Form rows (``decoding/lines.py``) may reject a line and start it again: their rejected tokens stay in the
 cache, masked out of attention for that row, and the row's positions continue from the line's start.
 While a row restarts a line it feeds nothing (a masked pad column) and samples from the logits it saved at
 the start of that line. ``decode_batch`` yields (row, text) each time a form row accepts a line, so a
@@ -14,7 +14,7 @@ single streamed row shows its lines as they are accepted (held back while they m
 
 With ``slots`` below the number of rows, a row that ends hands its slot to the next waiting one (continuous
 batching): the newcomer's prompt is prefilled on its own and its key/values written into the slot's last
-cache columns (``generate/kvcache.py``), the slot's mask hiding what it held before. A batch then costs
+cache columns (``decoding/kvcache.py``), the slot's mask hiding what it held before. A batch then costs
 about its rows' total tokens over ``slots``, not ``slots`` times its longest row.
 """
 from __future__ import annotations
@@ -26,9 +26,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from quill.generate.kvcache import can_place, decode_cache, place
-from quill.generate.lines import LineState, Vocabulary
-from quill.generate.sampling import SamplingParams, make_generator, sample_rows
+from quill.decoding.kvcache import can_place, decode_cache, place
+from quill.decoding.lines import LineState, Vocabulary
+from quill.decoding.sampling import SamplingParams, make_generator, sample_rows
 from quill.verse.forms import FormSpec
 
 FORM_TOKENS_PER_LINE = 18   # a form row's answer budget: at least this many tokens per line asked for
