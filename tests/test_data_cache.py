@@ -1,10 +1,9 @@
 """The data cache: a hit skips the build, a changed key (file, config, tokenizer) misses, arrays round-trip."""
 import json
-import os
 
 import pytest
 
-from quill.data.cache import cache_key, cached, load_sequences, save_sequences, source_fingerprint, tokenizer_fingerprint
+from quill.data.cache import cache_key, cached, load_sequences, save_sequences, tokenizer_fingerprint
 from quill.data.pack import Example, pack_examples
 
 
@@ -28,16 +27,25 @@ def test_hit_skips_build_and_changed_key_misses(tmp_path):
     assert run(None, "x") == "x" and run(None, "x") == "x" and calls[-2:] == ["x", "x"]  # uncacheable: always builds
 
 
-def test_changed_source_file_changes_key(tmp_path):
-    src = tmp_path / "poems.jsonl"
-    src.write_text('{"text": "a"}\n')
-    k1 = cache_key({"source": source_fingerprint(src), "block": 512})
-    assert k1 == cache_key({"source": source_fingerprint(src), "block": 512})
-    assert k1 != cache_key({"source": source_fingerprint(src), "block": 256})
-    src.write_text('{"text": "a longer poem"}\n')
-    os.utime(src, ns=(1, 1))
-    assert k1 != cache_key({"source": source_fingerprint(src), "block": 512})
-    assert source_fingerprint("no/such/hub-id", tmp_path) is None
+def test_encoded_split_is_keyed_by_the_records_content(tmp_path, monkeypatch):
+    """encode_split's cache: the same records load from disk; a changed record (whatever file it came
+    from) is tokenized again."""
+    from quill import models
+    from quill.config import ModelConfig
+    from quill.data import encode
+
+    _, tok, tpl = models.load_base(ModelConfig(name="tiny-gpt2"))
+    monkeypatch.setenv("QUILL_CACHE", str(tmp_path))   # after loading: the tiny model stays in the real cache
+    calls = []
+    real = encode.encode_examples
+    monkeypatch.setattr(encode, "encode_examples", lambda *a, **k: calls.append(1) or real(*a, **k))
+    recs = [{"text": "The sea is calm tonight."}, {"text": "The tide is full."}]
+    first = encode.encode_split("poems", recs, tok, tpl, 64, True)
+    again = encode.encode_split("poems", recs, tok, tpl, 64, True)
+    assert len(calls) == 1 and [s.input_ids for s in again.sequences] == [s.input_ids for s in first.sequences]
+    changed = encode.encode_split("poems", [recs[0], {"text": "The tide is high."}], tok, tpl, 64, True)
+    assert len(calls) == 2 and changed.sequences != first.sequences
+    assert list((tmp_path / "data").iterdir())
 
 
 def test_corrupt_entry_is_rebuilt(tmp_path):

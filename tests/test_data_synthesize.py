@@ -9,8 +9,8 @@ import pytest
 from quill.config import CleanConfig, DataConfig, SynthConfig
 from quill.data.clean import clean_poems
 from quill.data.sources import read_source
-from quill.data.synthesize import mix, pairs_for_poem, synthesize, truth_rates
-from quill.data.topics import NUMBER_WORDS, salient_topic
+from quill.data.synthesize import mix, pairs_for_poem, select_poems, synthesize, truth_rates
+from quill.data.topics import NUMBER_WORDS, salient_topic, topic_uses
 from quill.verse.adherence import form_met, topic_share
 from quill.verse.describe import dominant_meter, scheme_name
 from quill.verse.form import poem_lines
@@ -203,3 +203,30 @@ def test_title_prompt_drops_trailing_period():
     poem = {"text": "a\nb\nc\nd\ne", "title": "Inconstancy.", "author": None, "tags": []}
     (_, record), = pairs_for_poem(poem, SynthConfig(per_poem=1, kinds=["title"]))
     assert '"Inconstancy"' in record["messages"][0]["content"]
+
+
+PASSING = "The ship sailed out upon the sea;\nThe sailors sang of home and bread.\nThey drank, and slept, and dreamed of bed."
+RETURNING = "The sea is calm tonight, the sea is wide;\nI watch the seas roll in beneath the moon.\nThe sea will keep us."
+
+
+def test_topic_uses_counts_the_named_topic_by_stem():
+    assert topic_uses(RETURNING) == 4          # sea, sea, seas, sea
+    assert topic_uses(PASSING) == 1            # "the ship" once
+    assert topic_uses("O, and if, but then.") == 0
+    assert salient_topic(RETURNING) == "the sea"
+
+
+def test_select_poems_keeps_poems_about_their_topic_and_caps_them_order_free():
+    poems = [{"text": RETURNING}, {"text": PASSING}]
+    kept, dropped = select_poems({"train": poems}, SynthConfig(min_topic_uses=2))
+    assert kept["train"] == [{"text": RETURNING}] and dropped == {"topic_used_too_rarely": 1}
+    kept, dropped = select_poems({"train": poems}, SynthConfig())          # off by default
+    assert kept["train"] == poems and not dropped
+    many = [{"text": f"{RETURNING}\nLine {i} of the sea."} for i in range(20)]
+    cfg = SynthConfig(max_poems=7, seed=3)
+    kept, dropped = select_poems({"all": many}, cfg)
+    again, _ = select_poems({"all": many[::-1]}, cfg)
+    assert len(kept["all"]) == 7 and dropped == {"over_max_poems": 13}
+    assert sorted(p["text"] for p in kept["all"]) == sorted(p["text"] for p in again["all"])
+    other, _ = select_poems({"all": many}, SynthConfig(max_poems=7, seed=4))
+    assert {p["text"] for p in other["all"]} != {p["text"] for p in kept["all"]}

@@ -60,6 +60,12 @@ class SynthConfig(_Strict):
         default_factory=lambda: ["topic", "style", "title", "continue", "lines", "form", "scheme", "meter"])
     combine: float = Field(0.5, ge=0, le=1, description="chance that a pair also names each further feature "
                            "the poem truly has (line count, scheme, meter, topic) besides its kind's own")
+    min_topic_uses: int = Field(0, ge=0, description="keep only poems that come back to their topic (the best "
+                                "noun of their opening lines, counted by stem) at least this many times: 2 keeps "
+                                "passages about something rather than ones that name it in passing; the rest are "
+                                "dropped and counted (0: keep every poem)")
+    max_poems: int | None = Field(None, gt=0, description="after min_topic_uses, keep at most this many poems (a "
+                                  "seeded sample; the rest are dropped and counted): read more rows, keep the best")
     seed: int = 0
 
 

@@ -6,8 +6,7 @@ runs ``build()``, saves the result with ``save(value, tmp_folder)`` and renames 
 half-written entry).
 The key is a hash of ``key_parts``, a JSON-able dict; put in it everything the result depends on:
 
-- the source file's fingerprint (:func:`source_fingerprint`: resolved path, size, mtime — a changed file
-  is a new key); a source that is not a local file (a hub id) gives ``None``, and ``cached`` then just builds;
+- a hash of the records themselves (``data/encode.py``: a changed source is a new key, wherever it came from);
 - the data config (``stage.data.model_dump()``), the tokenizer (:func:`tokenizer_fingerprint`: name and a
   hash of its vocabulary and special tokens), the template, block size, packing and seed.
 
@@ -41,19 +40,6 @@ def cache_root() -> Path:
 def cache_key(key_parts: dict) -> str:
     text = json.dumps({"v": CACHE_VERSION, **key_parts}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
-
-
-def source_fingerprint(source: str | Path, base_dir: str | Path | None = None) -> dict | None:
-    """Path, size and mtime of a local file (or of every file in a folder); None if not a local path."""
-    path = Path(source).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    if not path.exists():
-        return None
-    path = path.resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {"path": str(path), "files": [[str(f.relative_to(path)) if f != path else "", f.stat().st_size,
-                                          f.stat().st_mtime_ns] for f in files]}
 
 
 def tokenizer_fingerprint(tokenizer) -> dict:

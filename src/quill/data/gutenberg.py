@@ -160,10 +160,6 @@ def group_lines(lines: Sequence[str], book_ids: Sequence | None, passage_lines: 
 
 
 # --------------------------------------------------------------------------- cache
-def cache_dir() -> Path:
-    return cache_home()
-
-
 def _cache_file(pickle_path: Path, passage_lines: int, max_rows: int | None, seed: int) -> Path | None:
     try:
         st = pickle_path.stat()
@@ -171,7 +167,7 @@ def _cache_file(pickle_path: Path, passage_lines: int, max_rows: int | None, see
         return None
     key = f"v{CACHE_VERSION}:{st.st_size}:{int(st.st_mtime)}:{passage_lines}:{max_rows}:{seed}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    return cache_dir() / "gutenberg" / f"passages-{passage_lines}x{max_rows or 'all'}-{digest}.parquet"
+    return cache_home() / "gutenberg" / f"passages-{passage_lines}x{max_rows or 'all'}-{digest}.parquet"
 
 
 def _read_cache(path: Path) -> list[str] | None:

@@ -26,7 +26,7 @@ from quill.data.clean import clean_instructions, clean_poems, instruction_group,
 from quill.data.instructions import rows_to_instructions
 from quill.data.sources import read_source
 from quill.data.split import SPLITS, hold_out_across, make_splits
-from quill.data.synthesize import mix, synthesize, truth_rates
+from quill.data.synthesize import mix, select_poems, synthesize, truth_rates
 from quill.errors import DataError
 from quill.files import atomic_open, atomic_write_json
 from quill.run import DATA_MARKER
@@ -127,6 +127,9 @@ def _read_and_split(stage: StageConfig, base_dir: Path | str | None) -> _Split:
         dropped.update(result.dropped)
         special += result.special_tokens_removed
         cleaned[name] = result.records
+    if cfg.kind == "synthesize":   # which poems pairs are made from: before the split, so its fractions hold
+        cleaned, selected_out = select_poems(cleaned, cfg.synthesize)
+        dropped.update(selected_out)
     key = instruction_key if cfg.kind == "instructions" else poem_key
     group = instruction_group if cfg.kind == "instructions" else None
     splits, split_dropped = make_splits(cleaned, cfg.split, key, dedupe_rows=cfg.clean.dedupe, group=group)

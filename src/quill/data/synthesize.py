@@ -37,7 +37,8 @@ import random
 from collections import Counter
 
 from quill.config import SynthConfig
-from quill.data.topics import NUMBER_WORDS, OPENING_LINES, STOPWORDS, abstract, opening_line, topic_candidates
+from quill.data.topics import (NUMBER_WORDS, OPENING_LINES, STOPWORDS, abstract, opening_line, topic_candidates,
+                               topic_uses)
 from quill.verse.adherence import form_met, topic_share
 from quill.verse.describe import describe, dominant_meter, scheme_name
 from quill.verse.form import poem_lines
@@ -49,6 +50,25 @@ TITLE = ['Write a poem titled "{title}".', 'Can you write a poem called "{title}
 CONTINUE = ["Continue this poem{about}:\n{opening}", "Here is the start of a poem{about}. Finish it:\n{opening}"]
 PAIRED_TOPIC = 0.35        # chance of a two-word topic ("the sea and the sky") when the poem has two
 TOPIC_IN_OTHERS = 0.8      # chance that a lines / scheme / meter / form / continue pair also names the topic
+
+
+def select_poems(splits: dict[str, list[dict]], cfg: SynthConfig) -> tuple[dict[str, list[dict]], Counter]:
+    """The poems pairs are made from: those that use their topic at least ``cfg.min_topic_uses`` times
+    (:func:`~quill.data.topics.topic_uses`), then at most ``cfg.max_poems`` of them over all splits (the ones
+    whose seeded hash of the text is smallest: the same poems whatever the order). Returns (splits, dropped
+    by reason)."""
+    dropped: Counter = Counter()
+    if cfg.min_topic_uses:
+        kept = {name: [p for p in rows if topic_uses(p["text"]) >= cfg.min_topic_uses] for name, rows in splits.items()}
+        dropped["topic_used_too_rarely"] = sum(len(r) for r in splits.values()) - sum(len(r) for r in kept.values())
+        splits = kept
+    total = sum(len(r) for r in splits.values())
+    if cfg.max_poems is not None and total > cfg.max_poems:
+        rank = lambda p: hashlib.sha1(f"{cfg.seed}:select:{p['text']}".encode()).digest()  # noqa: E731
+        cut = sorted(rank(p) for rows in splits.values() for p in rows)[cfg.max_poems - 1]
+        splits = {name: [p for p in rows if rank(p) <= cut] for name, rows in splits.items()}
+        dropped["over_max_poems"] = total - sum(len(r) for r in splits.values())
+    return splits, +dropped
 
 
 def synthesize(poems: list[dict], cfg: SynthConfig) -> tuple[list[dict], Counter]:

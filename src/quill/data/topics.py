@@ -96,6 +96,17 @@ def topic_candidates(text: str) -> list[str]:
     return out
 
 
+def topic_uses(text: str) -> int:
+    """How many times the poem uses its topic (the best of :func:`topic_candidates` in its opening lines, the
+    one a synthesized pair names), counted by stem ("wave" and "waves" add up); 0 when it has none. A passage
+    that names "the heart" once in passing is not about the heart; one that comes back to it is."""
+    found = [w for w in topic_candidates(text) if opening_line(text, w) < OPENING_LINES]
+    if not found:
+        return 0
+    st = stem(found[0])
+    return sum(stem(t) == st for t in _tokens(text))
+
+
 def opening_line(text: str, word: str) -> int:
     """0 when ``word`` is a word of the poem's first line, 1 of its second, 2 otherwise."""
     for i, line in enumerate(text.split("\n")[:OPENING_LINES]):

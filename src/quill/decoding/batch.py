@@ -120,8 +120,10 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
                 if r.restart:                       # a line starts again from its saved state
                     logits[s], r.pos, seen[s] = r.line_start
                     r.restart = False
-            if penalized:
-                logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+            if penalized:   # only the seen entries (a few hundred a row), not five passes over [rows, vocab]
+                at = seen.nonzero(as_tuple=True)
+                vals, by = logits[at], penalty[at[0], 0]
+                logits[at] = torch.where(vals > 0, vals / by, vals * by)
             for s in active:
                 if rows[live[s]].form:
                     rows[live[s]].form.shape(logits[s], ctx.vocab)
