@@ -24,3 +24,12 @@ def run_async(coro_fn, timeout: float):
         raise box["error"]
     assert "result" in box, "the async client did not finish"
     return box["result"]
+
+
+def train_tiny(tmp_path_factory, config, name: str):
+    """Train a tiny fixture config (``tests/fixtures/train/*.yaml``) into a fresh run folder, with TensorBoard."""
+    from quill.config import load_config
+    from quill.train.pipeline import train
+    run = tmp_path_factory.mktemp("runs") / name
+    train(load_config(config, ["tracking.report_to=[tensorboard]"]), run, base_dir=config.parent)
+    return run

@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 
 from quill.config.base import ConfigError, _Strict
+from quill.config.dpo import DPOConfig
 from quill.config.generation import (FORM_CHOICES, FORM_OFF, MAX_LINES, MAX_SEED, METER_FEET,  # noqa: F401
                                      METER_MEASURES, GenerationConfig)  # re-exported: quill.config is the door
 
@@ -73,11 +74,13 @@ class DataConfig(_Strict):
     source: str = Field(..., description="hub id, preset (poetry-foundation, poetry-instructions, gutenberg), "
                         "file (.csv .json .jsonl .parquet, .gz allowed), or a folder of .txt files")
     format: Literal["auto", "hub", "csv", "json", "jsonl", "parquet", "txt", "gutenberg"] = "auto"
-    kind: Literal["poems", "instructions", "synthesize"] = Field(
+    kind: Literal["poems", "instructions", "synthesize", "preferences"] = Field(
         "poems", description="poems: raw texts (stage 1); instructions: prompt/completion pairs parsed from "
-        "'User: … Assistant: …', prompt/completion or messages columns; synthesize: pairs made from poems")
+        "'User: … Assistant: …', prompt/completion or messages columns; synthesize: pairs made from poems; "
+        "preferences: prompt/chosen/rejected pairs (kind: dpo)")
     columns: dict[str, str] = Field(default_factory=dict, description="canonical name -> column in the source: "
-                                    "text, title, author, tags, conversation, prompt, completion, messages")
+                                    "text, title, author, tags, conversation, prompt, completion, messages, "
+                                    "chosen, rejected")
     hub_config: str | None = None
     hub_split: str | None = Field(None, description="load only this split of a hub data set")
     passage_lines: int = Field(8, ge=1, description="gutenberg: consecutive lines grouped into one passage")
@@ -132,10 +135,20 @@ class TrainConfig(_Strict):
 
 class StageConfig(_Strict):
     name: str
-    kind: Literal["dapt", "sft"]
+    kind: Literal["dapt", "sft", "dpo"]
     data: DataConfig
     adapter: AdapterConfig = Field(default_factory=AdapterConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="preference settings (kind: dpo only)")
+
+    @model_validator(mode="after")
+    def _kind_matches_data(self) -> "StageConfig":
+        if (self.kind == "dpo") != (self.data.kind == "preferences"):
+            raise ValueError(f"kind: dpo needs data.kind: preferences, and preferences data needs kind: dpo "
+                             f"(got kind: {self.kind}, data.kind: {self.data.kind})")
+        if self.kind != "dpo" and self.dpo != DPOConfig():  # defaults pass: config.yaml dumps them
+            raise ValueError(f"dpo: settings for kind: dpo only (this stage is kind: {self.kind})")
+        return self
 
 
 # --------------------------------------------------------------------------- generation / eval

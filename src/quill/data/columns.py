@@ -21,6 +21,8 @@ AUTO_COLUMNS: dict[str, list[str]] = {
     "prompt": ["prompt", "instruction", "question", "query"],
     "completion": ["completion", "response", "output", "answer"],
     "messages": ["messages", "conversations", "chat"],
+    "chosen": ["chosen", "preferred", "winner"],
+    "rejected": ["rejected", "dispreferred", "loser"],
 }
 CANONICAL = tuple(AUTO_COLUMNS)
 
@@ -59,6 +61,11 @@ def map_columns(columns: list[str], data_cfg: DataConfig, where: str) -> dict[st
             else:
                 raise DataError(f"{where}: no instruction column: need 'conversation', 'messages' or "
                                 f"'prompt'+'completion' (or set data.columns); columns: {found}")
+    elif data_cfg.kind == "preferences":
+        missing = [c for c in ("chosen", "rejected") if c not in mapping]
+        if missing:
+            raise DataError(f"{where}: no preference column '{missing[0]}': need 'chosen' and 'rejected' (and "
+                            f"'prompt' unless both are message lists; or set data.columns); columns: {found}")
     elif "text" not in mapping:
         raise DataError(f"{where}: no poem text column (tried {', '.join(AUTO_COLUMNS['text'])}; "
                         f"set data.columns.text); columns: {found}")

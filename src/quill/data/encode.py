@@ -21,9 +21,10 @@ from quill.data.template import encode_texts
 
 @dataclass
 class Encoded:
-    sequences: list[Sequence]
+    sequences: list[Sequence]        # or data.pairs.Pair for a dpo stage (two rows each)
     skipped: Counter = field(default_factory=Counter)
     examples: int = 0
+    truncated: Counter = field(default_factory=Counter)  # pairs: prompts and answers cut (data.pairs)
 
     @property
     def loss_tokens(self) -> int:

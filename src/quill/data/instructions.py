@@ -119,13 +119,19 @@ def row_to_instruction(row: dict) -> tuple[dict | None, str | None]:
     return record, None
 
 
-def rows_to_instructions(rows: list[dict]) -> tuple[list[dict], Counter]:
-    """Parse every row; returns (records, skipped by reason)."""
+def parse_rows(rows: list[dict], parse=row_to_instruction) -> tuple[list[dict], Counter]:
+    """Parse every row with ``parse`` (row -> (record, None) or (None, reason)); returns (records, skipped
+    by reason). Instruction rows by default; ``preferences.rows_to_preferences`` passes its own parser."""
     records, skipped = [], Counter()
     for row in rows:
-        record, reason = row_to_instruction(row)
+        record, reason = parse(row)
         if record is None:
             skipped[reason] += 1
         else:
             records.append(record)
     return records, skipped
+
+
+def rows_to_instructions(rows: list[dict]) -> tuple[list[dict], Counter]:
+    """Parse every row; returns (records, skipped by reason)."""
+    return parse_rows(rows)

@@ -24,6 +24,8 @@ from typing import Literal, Sequence
 from quill.config import StageConfig
 from quill.data.clean import clean_instructions, clean_poems, instruction_group, instruction_key, text_key
 from quill.data.instructions import rows_to_instructions
+from quill.data.preferences import (clean_preferences, preference_group, preference_key, preference_texts,
+                                    rows_to_preferences)
 from quill.data.sources import read_source
 from quill.data.split import SPLITS, hold_out_across, make_splits
 from quill.data.synthesize import mix, select_poems, synthesize, truth_rates
@@ -34,7 +36,7 @@ from quill.run import DATA_MARKER
 
 @dataclass
 class PreparedData:
-    kind: Literal["poems", "instructions"]
+    kind: Literal["poems", "instructions", "preferences"]
     splits: dict[str, list[dict]]
     report: dict = field(default_factory=dict)
 
@@ -87,6 +89,8 @@ def overlap_keys(record: dict, kind: str = "poems") -> set[str]:
     poem is the answer plus any verse quoted in a prompt (lines after its first: "Continue this poem:")."""
     if kind == "poems":
         texts = [record["text"]]
+    elif kind == "preferences":
+        texts = preference_texts(record)
     else:
         texts = [m["content"] if m["role"] == "assistant" else m["content"].partition("\n")[2]
                  for m in record["messages"]]
@@ -99,7 +103,7 @@ def overlap_keys(record: dict, kind: str = "poems") -> set[str]:
 
 
 def _row_kind(stage: StageConfig) -> str:
-    return "instructions" if stage.data.kind == "instructions" else "poems"
+    return stage.data.kind if stage.data.kind in ("instructions", "preferences") else "poems"
 
 
 def _share_held_out(firsts: list[_Split], kinds: list[str], frozen: int = 0) -> list[Counter]:
@@ -122,6 +126,10 @@ def _read_and_split(stage: StageConfig, base_dir: Path | str | None) -> _Split:
             records, skipped = rows_to_instructions(rows)
             dropped.update(skipped)
             result = clean_instructions(records, cfg.clean)
+        elif cfg.kind == "preferences":
+            records, skipped = rows_to_preferences(rows)
+            dropped.update(skipped)
+            result = clean_preferences(records, cfg.clean)
         else:
             result = clean_poems(rows, cfg.clean)
         dropped.update(result.dropped)
@@ -130,8 +138,8 @@ def _read_and_split(stage: StageConfig, base_dir: Path | str | None) -> _Split:
     if cfg.kind == "synthesize":   # which poems pairs are made from: before the split, so its fractions hold
         cleaned, selected_out = select_poems(cleaned, cfg.synthesize)
         dropped.update(selected_out)
-    key = instruction_key if cfg.kind == "instructions" else poem_key
-    group = instruction_group if cfg.kind == "instructions" else None
+    key, group = {"instructions": (instruction_key, instruction_group),
+                  "preferences": (preference_key, preference_group)}.get(cfg.kind, (poem_key, None))
     splits, split_dropped = make_splits(cleaned, cfg.split, key, dedupe_rows=cfg.clean.dedupe, group=group)
     dropped.update(split_dropped)
     return _Split(stage, source, splits, dropped, special)
@@ -142,9 +150,8 @@ def _finish(first: _Split, moved: Counter) -> PreparedData:
     cfg, source, splits, dropped = first.stage.data, first.source, first.splits, first.dropped
     if moved.get("dropped"):
         dropped["held_out_in_other_stage"] += moved["dropped"]
-    report: dict = {"source": source.origin, "kind": cfg.kind, "records": "poems" if cfg.kind == "poems"
-                    else "instructions", "rows_in": source.rows_read}
-    kind: Literal["poems", "instructions"] = "poems" if cfg.kind == "poems" else "instructions"
+    kind = _record_kind(cfg.kind)
+    report: dict = {"source": source.origin, "kind": cfg.kind, "records": kind, "rows_in": source.rows_read}
     if moved:
         report["held_out_across_stages"] = dict(sorted(moved.items()))
     if cfg.kind == "synthesize":
@@ -193,7 +200,7 @@ def load_prepared(folder: Path | str) -> PreparedData:
     if not report_path.exists():
         raise DataError(f"{report_path}: missing (not a prepared data folder)")
     report = json.loads(report_path.read_text(encoding="utf-8"))
-    kind = "instructions" if report.get("kind") in ("instructions", "synthesize") else "poems"
+    kind = _record_kind(report.get("kind"))
     splits: dict[str, list[dict]] = {}
     for name in SPLITS:
         path = folder / f"{name}.jsonl"
@@ -207,6 +214,20 @@ def load_prepared(folder: Path | str) -> PreparedData:
                         raise DataError(f"{path}: line {number}: not valid JSON: {err.msg}") from None
         splits[name] = rows
     return PreparedData(kind, splits, report)
+
+
+def _record_kind(data_kind: str | None) -> Literal["poems", "instructions", "preferences"]:
+    """The records a data kind prepares: synthesize makes instruction records."""
+    return {"instructions": "instructions", "synthesize": "instructions", "preferences": "preferences"}.get(
+        data_kind or "", "poems")
+
+
+def note_tokenized(folder: Path | str, counts: dict) -> None:
+    """Add what tokenizing found (``tokenized``: truncations, pairs skipped) to a prepared stage's report."""
+    path = Path(folder) / DATA_MARKER
+    report = json.loads(path.read_text(encoding="utf-8"))
+    if report.get("tokenized") != counts:
+        atomic_write_json(path, {**report, "tokenized": counts})
 
 
 def _reasons(counter: Counter) -> str:

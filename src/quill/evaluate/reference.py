@@ -16,9 +16,12 @@ HUMAN_LIMIT = 200      # poems scored for the human reference; enough for stable
 
 
 def record_text(rec: dict) -> str:
-    """The poem in a record: ``text`` for poem records, the last assistant message for instruction records."""
+    """The poem in a record: ``text`` for poem records, the last assistant message for instruction records,
+    the chosen answer for preference records."""
     if isinstance(rec.get("text"), str):
         return rec["text"]
+    if isinstance(rec.get("chosen"), str):
+        return rec["chosen"]
     for msg in reversed(rec.get("messages") or []):
         if msg.get("role") == "assistant":
             return msg.get("content") or ""

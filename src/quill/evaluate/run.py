@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from quill import __version__
 from quill.config import EvalConfig, PipelineConfig, load_config
+from quill.data.preferences import preference_to_instruction
 from quill.errors import QuillError
 from quill.evaluate.metrics.copying import NgramIndex, copying
 from quill.evaluate.poetry import aggregate, intervals, rescore, score_poem
@@ -80,6 +81,8 @@ def split_losses(model, tokenizer, template, run: RunFolder | Path, cfg: Pipelin
         kind = "poems" if st.kind == "dapt" else "instructions"
         for split in SPLITS:
             records = run.read_split(stage, split)
+            if st.kind == "dpo":  # a preference stage's loss: its chosen answers' (comparable with sft's)
+                records = [preference_to_instruction(r) for r in records]
             if not records:
                 continue
             loader = build_loader(kind, records, tokenizer, template, st.train)

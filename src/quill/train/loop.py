@@ -40,6 +40,7 @@ class StageInputs:
     pad_id: int = 0
     attention: str = "auto"    # model.attn_implementation: "auto" lets packed training use flex attention
     samples: object = None     # train.samples.EvalSamples: the fixed prompts' poetic score at each evaluation
+    loss_module: object = None  # model -> loss module (train.dpo.DPOLoss for a dpo stage); None: CausalLMLoss
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
@@ -87,7 +88,7 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
     world, main = accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     amp_dtype = resolve_precision(cfg.precision, device)
-    module = CausalLMLoss(model)
+    module = inputs.loss_module(model) if inputs.loss_module else CausalLMLoss(model)
     optimizer = build_optimizer(module, cfg)
     n_batches = len(epoch_batches(inputs.train, cfg.micro_batch, cfg.seed, 0, True, cfg.packing))
     _, total_steps = plan_steps(n_batches, cfg, world)
@@ -202,13 +203,15 @@ def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> d
             tokens_total = accelerator.reduce(torch.tensor(state["tokens"] - tokens_at_start, device=device),
                                               "sum").item() if world > 1 else state["tokens"] - tokens_at_start
             tps = tokens_total / max(time.perf_counter() - t_resume, 1e-9)
+            extra = module.pop_stats(accelerator) if hasattr(module, "pop_stats") else {}  # dpo: rewards, logps
             if main and (state["step"] % cfg.log_every == 0 or state["step"] == total_steps):
                 rec = {"stage": inputs.name, "step": state["step"], "epoch": state["epoch"], "loss": step_loss,
                        "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tps, 1),
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                       "grad_norm": float(grad_norm) if grad_norm is not None else None, **extra}
                 run.log(rec)
                 accelerator.log({f"{inputs.name}/train_loss": step_loss, f"{inputs.name}/lr": rec["lr"],
-                                 f"{inputs.name}/tokens_per_s": tps}, step=state["step"])
+                                 f"{inputs.name}/tokens_per_s": tps,
+                                 **{f"{inputs.name}/{k}": v for k, v in extra.items()}}, step=state["step"])
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total_steps \

@@ -1,8 +1,10 @@
-"""The two-stage pipeline: set up → (per stage: prepare weights → fit → save) → samples → summary.
+"""The staged pipeline: set up → (per stage: prepare weights → fit → save) → samples → summary.
 
-Stage 1 (DAPT) and stage 2 (SFT) run through the same code; they differ in their data (``kind``) and in
-what the previous stage left: by default its LoRA adapter is merged into the weights before the next stage
-starts (the reference's method); ``adapter.merge: false`` continues the same adapter instead.
+Stage 1 (DAPT), stage 2 (SFT) and a preference stage (DPO: pairs, its loss module ``train.dpo.DPOLoss``
+and the frozen reference's log-probs computed before its first step) run through the same code; they
+differ in their data (``kind``) and in what the previous stage left: by default its LoRA adapter is merged
+into the weights before the next stage starts (the reference's method); ``adapter.merge: false`` continues
+the same adapter instead.
 """
 from __future__ import annotations
 
@@ -15,12 +17,12 @@ from pathlib import Path
 import torch
 
 from quill.config import PipelineConfig, dump_config, load_config, packaged_config
-from quill.data.prepare import load_prepared, prepare_stages, save_prepared
+from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.files import atomic_write_text
 from quill.run import RunFolder
-from quill.data.encode import encode_split
-from quill.train.batches import build_loader, pad_id_of
+from quill.train.batches import build_loader, encode_stage_split, pad_id_of
+from quill.train.dpo import DPOLoss, reference_logps
 from quill.train.loop import StageInputs, fit, resolve_precision
 from quill.train.samples import eval_samples, sample_prompts
 
@@ -142,23 +144,35 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     torch.manual_seed(tc.seed)
     if not continuing:
         model = models.apply_adapter(model, stage.adapter)
-    kind = prepared.kind
-    train_enc = encode_split(kind, prepared.splits["train"], tokenizer, template, tc.block_size, tc.packing, tc.seed)
+    kind, dpo = prepared.kind, stage.dpo if stage.kind == "dpo" else None
+    train_enc = encode_stage_split(kind, prepared.splits["train"], tokenizer, template, tc, dpo)
     if not train_enc.sequences:
         raise RunError(f"stage {stage.name}: no training examples left after tokenizing "
                        f"(skipped: {dict(train_enc.skipped)})")
-    loaders = {split: build_loader(kind, prepared.splits[split], tokenizer, template, tc)
+    loaders = {split: build_loader(kind, prepared.splits[split], tokenizer, template, tc, dpo=dpo)
                for split in ("val", "test") if prepared.splits.get(split)}
+    if dpo is not None:  # the frozen reference: the model as it enters the stage, once for every pair
+        encs = {"train": train_enc, **{name: loader.encoded for name, loader in loaders.items()}}
+        for enc in encs.values():
+            reference_logps(model, enc, pad_id_of(tokenizer), tc.micro_batch, accelerator.device,
+                            lambda: torch.autocast(accelerator.device.type, dtype=amp, enabled=amp != torch.float32))
+        if accelerator.is_main_process:
+            note_tokenized(run.data(stage.name), {name: {"pairs": len(e.sequences), "skipped": dict(e.skipped),
+                                                         "truncated": dict(e.truncated)} for name, e in encs.items()})
     if accelerator.is_main_process:
+        unit = "pairs" if dpo is not None else "sequences"
         print(f"[{stage.name}] {stage.kind} on {len(prepared.splits['train'])} examples → "
-              f"{len(train_enc.sequences)} sequences, {train_enc.tokens:,} tokens "
-              f"({train_enc.loss_tokens:,} with loss); precision {str(amp).removeprefix('torch.')}")
+              f"{len(train_enc.sequences)} {unit}, {train_enc.tokens:,} tokens "
+              f"({train_enc.loss_tokens:,} {'pairs' if dpo else 'tokens'} with loss; truncated: "
+              f"{dict(train_enc.truncated) or 'none'}); precision {str(amp).removeprefix('torch.')}")
     inputs = StageInputs(stage.name, tc, train_enc, loaders.get("val"), loaders.get("test"), pad_id_of(tokenizer),
                          attention=cfg.model.attn_implementation,
-                         samples=eval_samples(cfg, model, tokenizer, template) if accelerator.is_main_process else None)
+                         samples=eval_samples(cfg, model, tokenizer, template) if accelerator.is_main_process else None,
+                         loss_module=(lambda m: DPOLoss(m, dpo)) if dpo is not None else None)
     torch.manual_seed(tc.seed + 1)
     result = fit(model, inputs, accelerator, run, resume=resume)
-    result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped)})
+    result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped),
+                   **({"truncated": dict(train_enc.truncated)} if dpo is not None else {})})
     lora = stage.adapter.method == "lora"
     if accelerator.is_main_process:
         if lora:
