@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import torch
 
 from quill.config import TrainConfig
-from quill.train.loop import _evaluate_and_maybe_stop, plan_steps, resolve_precision
+from quill.models.precision import resolve_precision
+from quill.train.loop import _Loop, plan_steps
 
 
 def test_plan_steps_counts_windows_across_processes():
@@ -16,18 +17,21 @@ def test_plan_steps_counts_windows_across_processes():
 
 def test_early_stopping_after_patience_evaluations_without_improvement():
     logged = []
-    run = SimpleNamespace(log=logged.append)
-    acc = SimpleNamespace(is_main_process=True, log=lambda *a, **k: None)
-    cfg = TrainConfig(early_stopping_patience=2)
-    state = {"step": 0, "best_val": None, "bad_evals": 0}
+    run = SimpleNamespace(log=logged.append, checkpoint=lambda name: None)
+    acc = SimpleNamespace(is_main_process=True, log=lambda *a, **k: None, process_index=0, num_processes=1,
+                          device=torch.device("cpu"))
+    cfg = TrainConfig(early_stopping_patience=2, eval_every=1)
+    inputs = SimpleNamespace(name="s", val=[], samples=None, train_cfg=cfg)
+    loop = _Loop(SimpleNamespace(total_steps=100), inputs, acc, run)
     vals = iter([2.0, 1.5, 1.6, 1.55, 1.7])
+    loop.evaluate = lambda loader: next(vals)
     stops = []
     for _ in range(5):
-        state["step"] += 1
-        stops.append(_evaluate_and_maybe_stop(lambda loader: {"loss": next(vals)}, SimpleNamespace(name="s", val=None, samples=None),
-                                              state, run, acc, cfg))
+        loop.state.step += 1
+        loop.maybe_evaluate()
+        stops.append(loop.stop)
     assert stops == [False, False, False, True, True]
-    assert state["best_val"] == 1.5
+    assert loop.state.best_val == 1.5 and loop.state.bad_evals == 3
     assert [r["val_loss"] for r in logged] == [2.0, 1.5, 1.6, 1.55, 1.7]
 
 

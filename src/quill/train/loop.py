@@ -1,6 +1,6 @@
 """One training loop for both stages: accumulation normalised by tokens, evaluation, checkpoints, resume.
 
-The story of one optimizer step (read ``fit`` top to bottom):
+The story of one optimizer step (read ``_Loop.train`` and ``_Loop.step`` top to bottom):
 1. the epoch's micro-batches are fixed by (seed, epoch), the same list on every process;
 2. a step takes the next ``grad_accum × world_size`` micro-batches (the *window*); each process runs its
    share; we know the window's number of target tokens N before any forward pass;
@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,7 @@ from transformers import get_scheduler
 
 from quill.data.encode import Encoded
 from quill.data.pack import IGNORE_INDEX
+from quill.models.precision import resolve_precision
 from quill.train.batches import collate, epoch_batches
 from quill.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from quill.train.fastpaths import release_freed_memory, training_fast_paths
@@ -43,29 +44,6 @@ class StageInputs:
     loss_module: object = None  # model -> loss module (train.dpo.DPOLoss for a dpo stage); None: CausalLMLoss
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 where the hardware runs it faster (recent GPUs; CPUs with AMX), else fp32."""
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    if precision == "fp32":
-        return torch.float32
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
-
-
-def cpu_has_bf16() -> bool:
-    """AMX only: with AVX512-BF16 alone a bf16 matmul peaks at the fp32 rate and, with the conversions,
-    runs slower (measured: oneDNN bf16 ~0.55x MKL fp32 on a Xeon without AMX; see docs/PERFORMANCE.md)."""
-    try:
-        flags = open("/proc/cpuinfo").read().split()
-    except OSError:
-        return False
-    return "amx_bf16" in flags
-
-
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and norms (1-D parameters), the usual practice."""
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -83,7 +61,7 @@ def plan_steps(n_batches: int, cfg, world: int) -> tuple[int, int]:
 
 
 def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: bool = False) -> dict:
-    """Set up (loss module, optimizer, schedule, precision, fast paths), then train: ``_fit``."""
+    """Set up (loss module, optimizer, schedule, precision, fast paths), then train: ``_Loop``."""
     cfg = inputs.train_cfg
     world, main = accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
@@ -108,8 +86,8 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
                   f"{fast['compiled_blocks']} compiled blocks (train.compile: {cfg.compile})")
         # compiled blocks: every micro-batch padded to one shape (the short last one too): no recompiling for it
         static = (cfg.micro_batch, cfg.block_size if cfg.packing else 0) if fast["compiled_blocks"] else (0, 0)
-        result = _fit(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static),
-                      inputs, accelerator, run, resume)
+        result = _Loop(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static),
+                       inputs, accelerator, run).train(resume)
     result.update(fast)
     accelerator.free_memory()
     return result
@@ -128,139 +106,184 @@ class _Training:
     static_shape: tuple[int, int]  # (rows, width) every micro-batch is padded to; (0, 0): as collated
 
 
-def _fit(t: _Training, inputs: StageInputs, accelerator, run, resume: bool) -> dict:
-    module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static_shape = (
-        t.module, t.wrapped, t.optimizer, t.scheduler, t.scaler, t.autocast, t.total_steps, t.static_shape)
-    cfg = inputs.train_cfg
-    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    device = accelerator.device
-
-    def evaluate(loader, limit=None):
-        with autocast():
-            return eval_loss(module, loader, max_batches=limit or cfg.eval_batches, accelerator=accelerator)
-
-    ckpt_dir = run.checkpoint(inputs.name)
-    state = {"step": 0, "epoch": 0, "batch": 0, "tokens": 0, "loss_tokens": 0, "loss_sum": 0.0,
-             "best_val": None, "bad_evals": 0, "val_loss_before": None, "wall_s": 0.0}
-    found = find_checkpoint(ckpt_dir) if resume else None
-    if found is not None:
-        state.update(load_checkpoint(found, module, optimizer, scheduler, rank))
-        if main:
-            run.truncate_metrics(inputs.name, state["step"])
-            print(f"[{inputs.name}] resumed at step {state['step']}/{total_steps} from {found}")
-    elif inputs.val is not None:
-        state["val_loss_before"] = evaluate(inputs.val)["loss"]
-        if main:
-            run.log({"stage": inputs.name, "step": 0, "val_loss": state["val_loss_before"],
-                     **samples_row(inputs.samples, inputs.name, 0, accelerator)})
-
-    bar = tqdm(total=total_steps, initial=state["step"], desc=inputs.name, disable=not main, unit="step",
-               dynamic_ncols=True)
-    wrapped.train()
-    t0, tokens_at_start = time.perf_counter() - state["wall_s"], state["tokens"]
-    t_resume = time.perf_counter()
-    stop = state["step"] >= total_steps
-    while not stop:
-        batches = epoch_batches(inputs.train, cfg.micro_batch, cfg.seed, state["epoch"], True, cfg.packing)
-        window = cfg.grad_accum * world
-        while state["batch"] < len(batches):
-            win = batches[state["batch"]: state["batch"] + window]
-            n_target = sum(inputs.train.sequences[i].loss_tokens for b in win for i in b)
-            mine = win[rank::world] or [win[0]]  # a process with no batch in a short last window still syncs
-            idle = not win[rank::world]
-            loss_sum = torch.zeros((), device=device)
-            for j, b in enumerate(mine):
-                batch = collate([inputs.train.sequences[i] for i in b], inputs.pad_id, *static_shape)
-                if idle:
-                    batch["labels"].fill_(IGNORE_INDEX)
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                sync = contextlib.nullcontext() if j == len(mine) - 1 else accelerator.no_sync(wrapped)
-                with sync:
-                    with autocast():
-                        s, _ = wrapped(**batch)
-                    loss = s * world / max(n_target, 1)
-                    (scaler.scale(loss) if scaler else loss).backward()
-                loss_sum += s.detach().float()
-                release_freed_memory(device)  # CPU: keeps glibc's heaps from growing step after step
-                if not idle:  # useful tokens: the sequences' own, not the padding collate added
-                    state["tokens"] += sum(len(inputs.train.sequences[i]) for i in b)
-            if scaler:
-                scaler.unscale_(optimizer)
-            grad_norm = (accelerator.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
-                         if cfg.max_grad_norm else None)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["batch"] += len(win)
-            state["step"] += 1
-            step_loss = accelerator.reduce(loss_sum, "sum").item() / max(n_target, 1)
-            state["loss_sum"] += step_loss * n_target
-            state["loss_tokens"] += n_target
-            tokens_total = accelerator.reduce(torch.tensor(state["tokens"] - tokens_at_start, device=device),
-                                              "sum").item() if world > 1 else state["tokens"] - tokens_at_start
-            tps = tokens_total / max(time.perf_counter() - t_resume, 1e-9)
-            extra = module.pop_stats(accelerator) if hasattr(module, "pop_stats") else {}  # dpo: rewards, logps
-            if main and (state["step"] % cfg.log_every == 0 or state["step"] == total_steps):
-                rec = {"stage": inputs.name, "step": state["step"], "epoch": state["epoch"], "loss": step_loss,
-                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tps, 1),
-                       "grad_norm": float(grad_norm) if grad_norm is not None else None, **extra}
-                run.log(rec)
-                accelerator.log({f"{inputs.name}/train_loss": step_loss, f"{inputs.name}/lr": rec["lr"],
-                                 f"{inputs.name}/tokens_per_s": tps,
-                                 **{f"{inputs.name}/{k}": v for k, v in extra.items()}}, step=state["step"])
-            bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
-            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total_steps \
-                    and inputs.val is not None:
-                if _evaluate_and_maybe_stop(evaluate, inputs, state, run, accelerator, cfg):
-                    stop = True
-            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total_steps:
-                state["wall_s"] = time.perf_counter() - t0
-                save_checkpoint(ckpt_dir, module, optimizer, scheduler, state, rank, world,
-                                accelerator.wait_for_everyone)
-            fault_point(f"step:{inputs.name}:{state['step']}")
-            if state["step"] >= total_steps or stop:
-                stop = True
-                break
-        if not stop:
-            state["epoch"] += 1
-            state["batch"] = 0
-    bar.close()
-    wall = time.perf_counter() - t0
-    tokens = int(accelerator.reduce(torch.tensor(state["tokens"], device=device), "sum").item()) \
-        if world > 1 else int(state["tokens"])
-    result = {"steps": state["step"], "train_loss": state["loss_sum"] / max(state["loss_tokens"], 1),
-              "val_loss_before": state["val_loss_before"], "tokens": tokens,
-              "loss_tokens": state["loss_tokens"], "wall_s": round(wall, 2),
-              "stopped_early": state["step"] < total_steps}
-    result["tokens_per_s"] = round(result["tokens"] / max(wall, 1e-9), 1)
-    if inputs.val is not None:
-        result["val_loss_after"] = evaluate(inputs.val)["loss"]
-        if main:
-            run.log({"stage": inputs.name, "step": state["step"], "val_loss": result["val_loss_after"],
-                     **samples_row(inputs.samples, inputs.name, state["step"], accelerator)})
-    if inputs.test is not None:
-        result["test_loss"] = evaluate(inputs.test)["loss"]
-    return result
+@dataclass
+class LoopState:
+    """Where a stage's training stands: what a checkpoint saves (``state.json``) and resume restores."""
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0                   # the next micro-batch of the epoch
+    tokens: int = 0                  # this process's useful tokens (no padding)
+    loss_tokens: int = 0             # target tokens so far, all processes
+    loss_sum: float = 0.0            # their summed loss
+    best_val: float | None = None
+    bad_evals: int = 0               # evaluations since best_val improved (early stopping)
+    val_loss_before: float | None = None
+    wall_s: float = 0.0
 
 
-def _evaluate_and_maybe_stop(evaluate, inputs, state, run, accelerator, cfg) -> bool:
-    val = evaluate(inputs.val)["loss"]
-    if accelerator.is_main_process:
-        run.log({"stage": inputs.name, "step": state["step"], "val_loss": val,
-                 **samples_row(inputs.samples, inputs.name, state["step"], accelerator)})
-        accelerator.log({f"{inputs.name}/val_loss": val}, step=state["step"])
-    if state["best_val"] is None or val < state["best_val"] - 1e-4:
-        state["best_val"], state["bad_evals"] = val, 0
-        return False
-    state["bad_evals"] += 1
-    if cfg.early_stopping_patience and state["bad_evals"] >= cfg.early_stopping_patience:
-        if accelerator.is_main_process:
-            print(f"[{inputs.name}] early stop at step {state['step']}: val loss {val:.4f} "
-                  f"did not improve on {state['best_val']:.4f} for {state['bad_evals']} evaluations")
-        return True
-    return False
+class _Loop:
+    """One stage's training, in named steps: :meth:`restore`, then :meth:`step` / :meth:`log_step` /
+    :meth:`maybe_evaluate` / :meth:`maybe_save` for each optimizer step, then :meth:`finish`."""
+
+    def __init__(self, t: _Training, inputs: StageInputs, accelerator, run):
+        self.t, self.inputs, self.acc, self.run, self.cfg = t, inputs, accelerator, run, inputs.train_cfg
+        self.rank, self.world, self.main = accelerator.process_index, accelerator.num_processes, \
+            accelerator.is_main_process
+        self.device = accelerator.device
+        self.ckpt_dir = run.checkpoint(inputs.name)
+        self.state = LoopState()
+        self.stop = False
+
+    def train(self, resume: bool) -> dict:
+        self.restore(resume)
+        st, cfg = self.state, self.cfg
+        bar = tqdm(total=self.t.total_steps, initial=st.step, desc=self.inputs.name, disable=not self.main,
+                   unit="step", dynamic_ncols=True)
+        self.t.wrapped.train()
+        self.t0, self.tokens_at_start, self.t_resume = time.perf_counter() - st.wall_s, st.tokens, time.perf_counter()
+        self.stop = st.step >= self.t.total_steps
+        while not self.stop:
+            batches = epoch_batches(self.inputs.train, cfg.micro_batch, cfg.seed, st.epoch, True, cfg.packing)
+            while st.batch < len(batches):
+                step_loss, tps = self.step(batches[st.batch: st.batch + cfg.grad_accum * self.world])
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{tps:,.0f}", refresh=False)
+                self.maybe_evaluate()
+                self.maybe_save()
+                fault_point(f"step:{self.inputs.name}:{st.step}")
+                if st.step >= self.t.total_steps or self.stop:
+                    self.stop = True
+                    break
+            if not self.stop:
+                st.epoch, st.batch = st.epoch + 1, 0
+        bar.close()
+        return self.finish()
+
+    def evaluate(self, loader) -> float:
+        with self.t.autocast():
+            return eval_loss(self.t.module, loader, max_batches=self.cfg.eval_batches, accelerator=self.acc)["loss"]
+
+    def restore(self, resume: bool) -> None:
+        """From the last checkpoint (``resume``), else measure the val loss before training."""
+        found = find_checkpoint(self.ckpt_dir) if resume else None
+        if found is not None:
+            loaded = load_checkpoint(found, self.t.module, self.t.optimizer, self.t.scheduler, self.rank)
+            self.state = LoopState(**{k: v for k, v in loaded.items() if k in LoopState.__dataclass_fields__})
+            if self.main:
+                self.run.truncate_metrics(self.inputs.name, self.state.step)
+                print(f"[{self.inputs.name}] resumed at step {self.state.step}/{self.t.total_steps} from {found}")
+        elif self.inputs.val is not None:
+            self.state.val_loss_before = self.evaluate(self.inputs.val)
+            self._log_eval(self.state.val_loss_before, tensorboard=False)
+
+    def step(self, win: list) -> tuple[float, float]:
+        """One optimizer step over the window ``win`` of micro-batches; returns (step loss, tokens/s)."""
+        t, st, inputs, world = self.t, self.state, self.inputs, self.world
+        seqs = inputs.train.sequences
+        n_target = sum(seqs[i].loss_tokens for b in win for i in b)  # known before any forward pass
+        mine = win[self.rank::world] or [win[0]]  # a process with no batch in a short last window still syncs
+        idle = not win[self.rank::world]
+        loss_sum = torch.zeros((), device=self.device)
+        for j, b in enumerate(mine):
+            batch = collate([seqs[i] for i in b], inputs.pad_id, *t.static_shape)
+            if idle:
+                batch["labels"].fill_(IGNORE_INDEX)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            sync = contextlib.nullcontext() if j == len(mine) - 1 else self.acc.no_sync(t.wrapped)
+            with sync:
+                with t.autocast():
+                    s, _ = t.wrapped(**batch)
+                loss = s * world / max(n_target, 1)
+                (t.scaler.scale(loss) if t.scaler else loss).backward()
+            loss_sum += s.detach().float()
+            release_freed_memory(self.device)  # CPU: keeps glibc's heaps from growing step after step
+            if not idle:  # useful tokens: the sequences' own, not the padding collate added
+                st.tokens += sum(len(seqs[i]) for i in b)
+        grad_norm = self._optimizer_step()
+        st.batch += len(win)
+        st.step += 1
+        step_loss = self.acc.reduce(loss_sum, "sum").item() / max(n_target, 1)
+        st.loss_sum += step_loss * n_target
+        st.loss_tokens += n_target
+        tokens = st.tokens - self.tokens_at_start
+        if world > 1:
+            tokens = self.acc.reduce(torch.tensor(tokens, device=self.device), "sum").item()
+        tps = tokens / max(time.perf_counter() - self.t_resume, 1e-9)
+        self.log_step(step_loss, tps, grad_norm)
+        return step_loss, tps
+
+    def _optimizer_step(self):
+        """Unscale (fp16), clip, step, schedule, zero the gradients; returns the gradient norm (or None)."""
+        t, cfg = self.t, self.cfg
+        if t.scaler:
+            t.scaler.unscale_(t.optimizer)
+        grad_norm = self.acc.clip_grad_norm_(t.wrapped.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm else None
+        if t.scaler:
+            t.scaler.step(t.optimizer)
+            t.scaler.update()
+        else:
+            t.optimizer.step()
+        t.scheduler.step()
+        t.optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def log_step(self, step_loss: float, tps: float, grad_norm) -> None:
+        st, name = self.state, self.inputs.name
+        extra = self.t.module.pop_stats(self.acc) if hasattr(self.t.module, "pop_stats") else {}  # dpo stats
+        if self.main and (st.step % self.cfg.log_every == 0 or st.step == self.t.total_steps):
+            rec = {"stage": name, "step": st.step, "epoch": st.epoch, "loss": step_loss,
+                   "lr": self.t.scheduler.get_last_lr()[0], "tokens_per_s": round(tps, 1),
+                   "grad_norm": float(grad_norm) if grad_norm is not None else None, **extra}
+            self.run.log(rec)
+            self.acc.log({f"{name}/train_loss": step_loss, f"{name}/lr": rec["lr"], f"{name}/tokens_per_s": tps,
+                          **{f"{name}/{k}": v for k, v in extra.items()}}, step=st.step)
+
+    def maybe_evaluate(self) -> None:
+        """Every ``eval_every`` steps (not the last: ``finish`` does it): val loss, samples, early stopping."""
+        st, cfg = self.state, self.cfg
+        if not (cfg.eval_every and st.step % cfg.eval_every == 0 and st.step < self.t.total_steps
+                and self.inputs.val is not None):
+            return
+        val = self.evaluate(self.inputs.val)
+        self._log_eval(val)
+        if st.best_val is None or val < st.best_val - 1e-4:
+            st.best_val, st.bad_evals = val, 0
+            return
+        st.bad_evals += 1
+        if cfg.early_stopping_patience and st.bad_evals >= cfg.early_stopping_patience:
+            if self.main:
+                print(f"[{self.inputs.name}] early stop at step {st.step}: val loss {val:.4f} "
+                      f"did not improve on {st.best_val:.4f} for {st.bad_evals} evaluations")
+            self.stop = True
+
+    def _log_eval(self, val: float, tensorboard: bool = True) -> None:
+        name, step = self.inputs.name, self.state.step
+        if self.main:
+            self.run.log({"stage": name, "step": step, "val_loss": val,
+                          **samples_row(self.inputs.samples, name, step, self.acc)})
+            if tensorboard:
+                self.acc.log({f"{name}/val_loss": val}, step=step)
+
+    def maybe_save(self) -> None:
+        st, cfg = self.state, self.cfg
+        if cfg.save_every and st.step % cfg.save_every == 0 and st.step < self.t.total_steps:
+            st.wall_s = time.perf_counter() - self.t0
+            save_checkpoint(self.ckpt_dir, self.t.module, self.t.optimizer, self.t.scheduler, asdict(st), self.rank,
+                            self.world, self.acc.wait_for_everyone)
+
+    def finish(self) -> dict:
+        """The stage's summary: losses, tokens, time; the val loss after and the test loss."""
+        st, inputs = self.state, self.inputs
+        wall = time.perf_counter() - self.t0
+        tokens = int(self.acc.reduce(torch.tensor(st.tokens, device=self.device), "sum").item()) \
+            if self.world > 1 else int(st.tokens)
+        result = {"steps": st.step, "train_loss": st.loss_sum / max(st.loss_tokens, 1),
+                  "val_loss_before": st.val_loss_before, "tokens": tokens, "loss_tokens": st.loss_tokens,
+                  "wall_s": round(wall, 2), "stopped_early": st.step < self.t.total_steps,
+                  "tokens_per_s": round(tokens / max(wall, 1e-9), 1)}
+        if inputs.val is not None:
+            result["val_loss_after"] = self.evaluate(inputs.val)
+            self._log_eval(result["val_loss_after"], tensorboard=False)
+        if inputs.test is not None:
+            result["test_loss"] = self.evaluate(inputs.test)
+        return result

@@ -20,10 +20,11 @@ from quill.config import PipelineConfig, dump_config, load_config, packaged_conf
 from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.files import atomic_write_text
+from quill.models.precision import resolve_precision
 from quill.run import RunFolder
 from quill.train.batches import build_loader, encode_stage_split, pad_id_of
 from quill.train.dpo import DPOLoss, reference_logps
-from quill.train.loop import StageInputs, fit, resolve_precision
+from quill.train.loop import StageInputs, fit
 from quill.train.samples import eval_samples, sample_prompts
 
 
