@@ -78,4 +78,6 @@ def test_chat_arena_vote_results(page, live, tmp_path):
     page.click("#tab-results")
     expect(page.locator("#results-table tbody tr")).to_have_count(1)
     expect(page.locator("#results-table tbody tr")).to_contain_text(re.compile(r"base\s*poet\s*1"))
+    pairs = re.compile(r"Usable preference pairs \(data.source: arena:DB\): [01]")
+    expect(page.locator("#results-pairs")).to_contain_text(pairs)
     page.screenshot(path=str(os.environ.get("QUILL_SCREENSHOT", tmp_path / "page.png")), full_page=True)

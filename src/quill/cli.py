@@ -104,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grid axis, e.g. --grid stages.dapt.train.lr=1e-4,5e-5 (repeatable)")
     p.add_argument("--out", help="sweep folder (default: OUTPUT_DIR/NAME-sweep)")
     p.add_argument("--no-eval", action="store_true", help="skip poetry metrics per point")
+    p = sub.add_parser("pairs", help="preference pairs for a dpo stage: n poems per prompt from the run's last "
+                                     "model, best vs worst by poetic score")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--prompts", default="suite",
+                   help="suite (default): the prompts of the run's training data, the eval suite's taken out; or "
+                        "FILE: one prompt per line, or .jsonl rows with a 'prompt' field")
+    p.add_argument("--n", type=int, default=4, help="poems per prompt (at least 2)")
+    p.add_argument("--out", default="pairs.jsonl", help="preference records (prompt, chosen, rejected, scores)")
+    p.add_argument("--min-margin", type=float, default=0.05,
+                   help="drop pairs whose best and worst poetic scores differ by less (counted)")
+    p.add_argument("--max-prompts", type=int, help="only the first N prompts")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--batch-size", type=int, help="rows decoded at once (default: eval.batch_size)")
     p = sub.add_parser("compare", help="several runs side by side in one table and one HTML page")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="compare", help="folder for compare.md / compare.html / compare.csv")
@@ -175,6 +188,11 @@ def dispatch(args) -> int | None:
     if verb == "sweep":
         from quill.apps.sweep import run_sweep
         run_sweep(args.config, args.overrides, grid=args.grid, out=args.out, with_eval=not args.no_eval)
+        return 0
+    if verb == "pairs":
+        from quill.apps.pairs import make_pairs
+        make_pairs(args.run, prompts=args.prompts, n=args.n, out=args.out, min_margin=args.min_margin,
+                   max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
         return 0
     if verb == "compare":
         from quill.evaluate.compare import run_compare

@@ -1,5 +1,5 @@
 """The arena's HTTP routes (``/arena/info``, ``/arena/battle``, ``/arena/vote``, ``/arena/results``): make a
-blind battle, take a vote, show the results.
+blind battle, take a vote, show the results (and how many usable preference pairs the votes make).
 
 Why the server shuffles A/B and hides the names until the vote: a person who knows which poem came from
 the fine-tuned poet votes for the story, not the poem. The shuffle uses ``secrets`` so the order cannot be
@@ -16,7 +16,7 @@ from fastapi import APIRouter
 
 from quill.apps import openai_schema as oa
 from quill.apps.api_errors import ApiError
-from quill.apps.arena import ArenaError, ArenaStore, results
+from quill.apps.arena import ArenaError, ArenaStore, pair_counts, results
 from quill.apps.service import Service
 
 NEEDS_TWO = ("the arena needs two models: start the server with two runs, e.g. `quill serve base=smollm2-135m "
@@ -86,6 +86,7 @@ def arena_router(service: Service) -> APIRouter:
 
     @router.get("/arena/results")
     async def arena_results():
-        return {"rows": await asyncio.to_thread(results, store())}
+        db = store()
+        return {"rows": await asyncio.to_thread(results, db), "pairs": await asyncio.to_thread(pair_counts, db)}
 
     return router

@@ -10,6 +10,7 @@ Canonical fields: ``text``, ``title``, ``author``, ``tags`` (poems) and ``conver
 ``completion``, ``messages`` (instructions). A row holds only the fields the source has.
 
 Where a source is resolved (first match wins):
+  0. ``arena:PATH.sqlite`` -> the arena's votes as preference pairs (``arena.py``, ``data.kind: preferences``);
   1. ``format: gutenberg`` or ``source: gutenberg`` -> the offline Gutenberg Poetry Corpus (``gutenberg.py``);
   2. a preset name (``poetry-foundation``, ``poetry-instructions``, ``gutenberg-hub``) or ``format: hub``;
   3. an existing path, relative to the current directory first, then to ``base_dir`` (the config's folder);
@@ -26,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 from quill.config import DataConfig
+from quill.data.arena import read_arena
 from quill.data.columns import map_columns, plain, project
 from quill.data.gutenberg import read_gutenberg
 from quill.data.hub import read_hub, read_saved_dataset
@@ -45,6 +47,9 @@ FILE_FORMATS = ("csv", "json", "jsonl", "parquet", "txt")
 def read_source(data_cfg: DataConfig, base_dir: Path | str | None = None) -> SourceResult:
     """Read ``data_cfg.source`` into canonical rows (see the module docstring for how it is resolved)."""
     source, fmt = data_cfg.source.strip(), data_cfg.format
+    if source.lower().startswith("arena:"):
+        db = source[len("arena:"):].strip()
+        return read_arena(resolve_path(db, base_dir) or Path(db), data_cfg)
     if fmt == "gutenberg" or source.lower() == "gutenberg":
         return read_gutenberg(data_cfg)
     if fmt == "hub" or source in PRESETS:

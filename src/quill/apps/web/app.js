@@ -194,6 +194,9 @@ loaders.results = async () => {
       cells.forEach((c, i) => { const td = tr.insertCell(); td.textContent = c; if (i > 1) td.className = "num"; });
     }
     if (!data.rows.length) body.insertRow().insertCell().textContent = "No battles yet.";
+    const why = Object.entries(data.pairs.dropped).map(([k, v]) => `${k} ${v}`).join(", ");
+    $("#results-pairs").textContent = `Usable preference pairs (data.source: arena:DB): ${data.pairs.usable}` +
+      (why ? ` (dropped: ${why})` : "");
   } catch (err) { body.innerHTML = ""; body.insertRow().insertCell().textContent = err.message; }
 };
 $("#results-refresh").addEventListener("click", () => loaders.results());
