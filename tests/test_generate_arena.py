@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from quill.apps.arena import ArenaError, ArenaStore, format_results, results
+from quill.apps.arena import format_results
+from quill.data.arena import ArenaError, ArenaStore, results
 from quill.cli import main
 
 

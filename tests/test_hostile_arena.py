@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import sqlite3
 
-from quill.apps.arena import ArenaError, ArenaStore
+from quill.data.arena import ArenaError, ArenaStore
 
 
 def _voter(path: str, ids: list[str], contested: str, k: int, n: int, out) -> None:

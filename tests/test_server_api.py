@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from quill.apps.arena import results as arena_results
+from quill.data.arena import results as arena_results
 from quill.apps.live import serve_in_thread
 from quill.apps.server import create_app, parse_specs
 from quill.decoding.engine import Engine

@@ -12,9 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from quill.data.arena import VOTES, ArenaError, ArenaStore, format_pair_counts, pair_counts, results
-
-__all__ = ["VOTES", "ArenaError", "ArenaStore", "results", "format_results", "print_results", "pair_counts"]
+from quill.data.arena import ArenaError, ArenaStore, format_pair_counts, pair_counts, results
 
 
 def format_results(rows: list[dict[str, Any]]) -> str:

@@ -16,7 +16,7 @@ from fastapi import APIRouter
 
 from quill.apps import openai_schema as oa
 from quill.apps.api_errors import ApiError
-from quill.apps.arena import ArenaError, ArenaStore, pair_counts, results
+from quill.data.arena import ArenaError, ArenaStore, pair_counts, results
 from quill.apps.service import Service
 
 NEEDS_TWO = ("the arena needs two models: start the server with two runs, e.g. `quill serve base=smollm2-135m "

@@ -17,7 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from quill.apps.api_errors import add_api_key_check, add_error_handlers
-from quill.apps.arena import ArenaStore
+from quill.data.arena import ArenaStore
 from quill.apps.arena_api import arena_router
 from quill.apps.limits import BodyLimit, ServeLimits
 from quill.apps.openai_api import openai_router

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator
 from fastapi import Request
 
 from quill.apps.api_errors import ApiError
-from quill.apps.arena import ArenaStore
+from quill.data.arena import ArenaStore
 from quill.apps.limits import ServeLimits
 from quill.apps.worker import ModelWorker, QueueFull
 from quill.decoding.engine import PromptTooLong

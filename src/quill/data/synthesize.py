@@ -64,9 +64,10 @@ def select_poems(splits: dict[str, list[dict]], cfg: SynthConfig) -> tuple[dict[
         splits = kept
     total = sum(len(r) for r in splits.values())
     if cfg.max_poems is not None and total > cfg.max_poems:
-        rank = lambda p: hashlib.sha1(f"{cfg.seed}:select:{p['text']}".encode()).digest()  # noqa: E731
-        cut = sorted(rank(p) for rows in splits.values() for p in rows)[cfg.max_poems - 1]
-        splits = {name: [p for p in rows if rank(p) <= cut] for name, rows in splits.items()}
+        ranks = {name: [hashlib.sha1(f"{cfg.seed}:select:{p['text']}".encode()).digest() for p in rows]
+                 for name, rows in splits.items()}
+        cut = sorted(r for rs in ranks.values() for r in rs)[cfg.max_poems - 1]
+        splits = {name: [p for p, r in zip(rows, ranks[name]) if r <= cut] for name, rows in splits.items()}
         dropped["over_max_poems"] = total - sum(len(r) for r in splits.values())
     return splits, +dropped
 
