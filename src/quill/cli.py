@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 import traceback
+import warnings
 
 from quill import __version__
 from quill.config import FORM_CHOICES, FORM_OFF, GenerationConfig  # the settings: one definition, help included
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quill", description="quill: turn a small open language model into a "
                                      "conversational poet.")
     parser.add_argument("--version", action="version", version=f"quill {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors (and what -v shows)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show the libraries' own progress bars, warnings and deprecation notices")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
     # ---- data
@@ -146,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--generation-timeout", type=float, default=300.0, help="seconds before a generation is cut")
     _form_args(p, defaults="each run's generation settings; a request's own fields win")
     _backend_args(p)
+    p = sub.add_parser("export", help="the poet for other tools: a GGUF (llama.cpp, LM Studio), an Ollama "
+                                      "Modelfile + GGUF, or a Hugging Face folder (vLLM, transformers)")
+    p.add_argument("run", help="run folder (its last stage's model) or checkpoint folder")
+    p.add_argument("--to", required=True, choices=["gguf", "ollama", "hf"])
+    p.add_argument("--quant", help="gguf/ollama: f32, f16, q8_0 (default), q5_0, q5_1, q4_0, q4_1; "
+                                   "hf: the weights' dtype, f32, f16 or bf16 (default: as trained)")
+    p.add_argument("--out", help="output folder (default: RUN/export/<to>)")
+    p.add_argument("--name", help="model name in the files and the `ollama create` line (default: the run's)")
     p = sub.add_parser("arena", help="arena results")
     asub = p.add_subparsers(dest="arena_verb", metavar="ACTION")
     p = asub.add_parser("results", help="win rates per pair of models")
@@ -212,15 +223,35 @@ def dispatch(args) -> int | None:
                              generation_timeout_s=args.generation_timeout)
         return run_server(args.runs, host=args.host, port=args.port, api_key=args.api_key, arena_db=args.arena_db,
                           limits=limits, defaults=_sampling(args), **_backend(args))
+    if verb == "export":
+        from quill.apps.export import run_export
+        run_export(args.run, to=args.to, quant=args.quant, out=args.out, name=args.name)
+        return 0
     if verb == "arena":
         from quill.apps.arena import print_results
         return print_results(args.db)
     return None
 
 
+def quiet_libraries() -> None:
+    """quill prints its own progress (stage, step, loss, tokens/s, ETA); the libraries' repeated "Loading
+    weights" / "Converting GGUF tensors" bars, advisory log lines and deprecation warnings are hidden (set
+    through their environment switches, read when they are imported; -v or --debug keeps them)."""
+    for key in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS", "TRANSFORMERS_NO_ADVISORY_WARNINGS"):
+        os.environ.setdefault(key, "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category)
+    if "transformers" in sys.modules:  # already imported (an embedding program, the tests): switch it directly
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+        sys.modules["transformers"].utils.logging.set_verbosity_error()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not (args.verbose or args.debug):
+        quiet_libraries()
     if args.verb is None or (args.verb == "data" and args.data_verb is None) or \
             (args.verb == "arena" and args.arena_verb is None):
         parser.print_help()

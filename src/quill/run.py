@@ -16,6 +16,8 @@ What a run folder holds (``ls -R runs/demo`` after ``quill demo`` and ``quill ev
                            the poet's samples ("samples_base", "samples"), "complete" once every stage is done
     eval.json              ``quill eval``'s results, beside report.md and report.html
     arena.sqlite           ``quill serve``'s arena votes, when the run is the first one it serves
+    export/<to>/           ``quill export``'s output by default (gguf: NAME-QUANT.gguf; ollama: that and
+                           Modelfile; hf: a model folder)
 
 JSON files and config.yaml are written atomically (``quill.files``): a kill leaves the old file or the new
 one, at worst with an unused ``NAME.tmp-<pid>`` beside it.
@@ -71,6 +73,9 @@ class RunFolder:
 
     def checkpoint(self, stage: str) -> Path:
         return self.path / "checkpoints" / stage
+
+    def export_dir(self, to: str) -> Path:
+        return self.path / "export" / to
 
     @property
     def tb(self) -> Path:

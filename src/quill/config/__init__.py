@@ -24,18 +24,22 @@ from quill.config.generation import (FORM_CHOICES, FORM_OFF, MAX_LINES, MAX_SEED
 class ModelConfig(_Strict):
     name: str = Field("smollm2-135m", description="preset (smollm2-135m, gpt2, deepseek-coder-1.3b, tiny-llama, "
                       "tiny-gpt2), hub id, local folder or .gguf file")
-    revision: str | None = None
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit) of the model and "
+                                 "tokenizer; None: the default branch")
     template: str = Field("auto", description="auto: the model's own chat template, else quill's 'User:/Assistant:'; "
                           "or 'quill' / 'chatml' to force one")
     trust_remote_code: bool = Field(False, description="run model code from the hub; refused unless set")
-    attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
+    attn_implementation: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="attention kernel: auto is SDPA (eager where the model lacks it), and flex attention "
+        "for packed training on GPUs where the architecture supports it")
 
 
 # --------------------------------------------------------------------------- adapter / training
 class AdapterConfig(_Strict):
-    method: Literal["lora", "full"] = "lora"
-    r: int = Field(16, gt=0)
-    alpha: float = Field(32, gt=0)
+    method: Literal["lora", "full"] = Field("lora", description="lora: train a LoRA adapter (peft), the base "
+                                            "weights frozen; full: train every weight")
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: float = Field(32, gt=0, description="LoRA alpha: the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0: peft's default and the fastest; "
                            "compiled CPU training hashes the masks and recomputes them in the backward pass)")
     targets: str | list[str] = Field("all-linear", description="'all-linear', 'attention', or module names")
@@ -44,28 +48,35 @@ class AdapterConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    micro_batch: int = Field(2, gt=0)
-    grad_accum: int = Field(4, gt=0)
-    epochs: float = Field(1.0, gt=0)
+    micro_batch: int = Field(2, gt=0, description="examples (sft, dpo pairs) or packed blocks (dapt) per "
+                             "forward pass and process")
+    grad_accum: int = Field(4, gt=0, description="micro-batches per optimizer step; the loss is normalised by "
+                            "the target tokens of the whole step")
+    epochs: float = Field(1.0, gt=0, description="passes over the train split (fractions allowed)")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    lr: float = Field(1e-4, gt=0)
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    lr: float = Field(1e-4, gt=0, description="peak learning rate (AdamW)")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="learning-rate decay after "
+                                                              "the warmup")
     warmup: float = Field(0.03, ge=0, description="< 1: fraction of steps; >= 1: number of steps")
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not on biases and norms)")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (None: no "
+                                        "clipping)")
     block_size: int = Field(512, gt=8, description="tokens per packed block (dapt) / max example length (sft)")
     packing: bool = Field(True, description="pack examples into blocks without cross-attention (else pad, "
                           "grouped by length)")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="training precision: auto is bf16 where the hardware runs it faster (recent GPUs, "
+        "AMX CPUs), else fp32; frozen weights in it, trained weights in fp32")
     compile: Literal["auto", "on", "off"] = Field("auto", description="torch.compile the transformer blocks for "
                                                   "training steps (auto: on GPUs; on CPUs with a C++ compiler "
                                                   "for stages of 64+ micro-batches)")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the new adapter's initial weights, dropout and the batch order")
     eval_every: int | None = Field(None, gt=0, description="val loss every N optimizer steps")
     eval_batches: int | None = Field(None, gt=0, description="cap on val batches per evaluation")
     save_every: int | None = Field(None, gt=0, description="checkpoint every N optimizer steps")
     early_stopping_patience: int | None = Field(None, gt=0, description="evaluations without val improvement")
-    log_every: int = Field(1, gt=0)
+    log_every: int = Field(1, gt=0, description="write a metrics.jsonl row (loss, lr, tokens/s, grad norm) "
+                           "every N optimizer steps")
 
     @field_validator("compile", mode="before")
     @classmethod
@@ -75,11 +86,14 @@ class TrainConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    name: str
-    kind: Literal["dapt", "sft", "dpo"]
-    data: DataConfig
-    adapter: AdapterConfig = Field(default_factory=AdapterConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    name: str = Field(..., description="the stage's name: its folders in the run (data/NAME, NAME/model) "
+                      "and --set stages.NAME.…; unique in a config")
+    kind: Literal["dapt", "sft", "dpo"] = Field(..., description="dapt: language modelling on packed poems; sft: "
+                                                "instruction pairs, loss on the answers only; dpo: preference pairs "
+                                                "(needs data.kind: preferences, which only dpo takes)")
+    data: DataConfig = Field(..., description="what the stage reads and how")
+    adapter: AdapterConfig = Field(default_factory=AdapterConfig, description="LoRA or full fine-tuning")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="the optimizer, batches and schedule")
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="preference settings (kind: dpo only)")
 
     @model_validator(mode="after")
@@ -97,7 +111,9 @@ REFERENCE_PROMPTS = ["The sea is blue, the sky is red", "Write a poem about the 
 
 
 class EvalConfig(_Strict):
-    prompts: list[str] = Field(default_factory=lambda: list(REFERENCE_PROMPTS))
+    prompts: list[str] = Field(default_factory=lambda: list(REFERENCE_PROMPTS),
+                               description="sampled before and after each stage (summary.json), during training "
+                               "(train_samples) and added to the eval suite")
     suite: str | None = Field("default", description="versioned sample suite for `quill eval` (None: prompts only)")
     samples_per_prompt: int = Field(3, gt=0, description="seeds per suite prompt (seed = generation.seed + "
                                     "1000 * prompt index + j); means come with 95% bootstrap intervals")
@@ -118,17 +134,22 @@ class EvalConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
-    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="accelerate trackers for the training metrics "
+        "(tensorboard writes RUN/tb/)")
 
 
 class PipelineConfig(_Strict):
-    name: str = "quill"
+    name: str = Field("quill", description="the run's name: its folder is OUTPUT_DIR/NAME")
     output_dir: str = Field("runs", description="runs are written to OUTPUT_DIR/NAME")
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    stages: list[StageConfig]
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the base model every stage starts from")
+    stages: list[StageConfig] = Field(..., description="the stages, run in order, each starting from the "
+                                      "model the previous one left (at least one)")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="sampling and form "
+                                         "settings, saved in each checkpoint's generation_config.json")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="what `quill eval` and training-time "
+                             "samples measure")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="where training metrics go")
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="grid for `quill sweep`: "
                                         "dotted key -> values")
 
@@ -227,10 +248,20 @@ def _list_index(node: list, part: str, key: str) -> int:
     raise ConfigError(f"--set {key}: no entry named '{part}' (have {names})")
 
 
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file, or the name of one shipped in the package (``gpt2-reference`` -> quill/configs/…yaml)."""
+    candidate = Path(path)
+    if candidate.exists():
+        return candidate
+    name = str(path)
+    if "/" not in name and "\\" not in name and packaged_config(name.removesuffix(".yaml")).is_file():
+        return packaged_config(name.removesuffix(".yaml"))
+    shipped = ", ".join(packaged_configs())
+    raise ConfigError(f"{path}: config file not found (shipped configs, usable by name: {shipped})")
+
+
 def load_raw(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: config file not found")
+    path = resolve_config_path(path)
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
@@ -259,3 +290,8 @@ def dump_config(cfg: PipelineConfig) -> str:
 def packaged_config(name: str) -> Path:
     """Path of a config shipped inside the package (``demo`` -> quill/configs/demo.yaml)."""
     return Path(__file__).parent.parent / "configs" / f"{name}.yaml"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped inside the package (``configs/`` at the repository root links to them)."""
+    return sorted(p.stem for p in (Path(__file__).parent.parent / "configs").glob("*.yaml"))

@@ -16,7 +16,8 @@ class DPOConfig(_Strict):
                                             "ipo: IPO's squared loss on the per-token log-ratio margin (TRL's form)")
     sft_weight: float = Field(0.0, ge=0, description="weight of an SFT term, the chosen answer's mean token "
                               "NLL, added to each pair's loss (RPO); 0: off")
-    max_prompt: int | None = Field(None, gt=0, description="prompt tokens kept (its tail); None: no own limit")
+    max_prompt: int | None = Field(None, gt=0, description="prompt tokens kept (its tail), < max_length; None: no own "
+                                   "limit")
     max_length: int | None = Field(None, gt=8, description="prompt + answer tokens; None: train.block_size. "
                                    "The prompt is cut (from the left) first, then the answers; every answer "
                                    "that loses its end-of-turn token is counted (truncated_end)")

@@ -170,6 +170,24 @@ class PromptTemplate:
             ids.append(tokenizer.eos_token_id)
         return ids
 
+    # ------------------------------------------------------------------ other tools
+    def jinja_source(self) -> str:
+        """This template as a Hugging Face ``chat_template`` (jinja): what ``save_model`` writes into the
+        tokenizer files and the GGUF export embeds, so ``apply_chat_template(messages,
+        add_generation_prompt=True)`` in any tool renders exactly ``render_prompt(messages)`` (tested)."""
+        if self.style == "jinja":
+            return str(self.chat_template)
+        lit = json.dumps  # a JSON string is a valid jinja string literal (same escapes)
+        labels = "".join(f"{'{% if' if i == 0 else '{% elif'} message['role'] == {lit(role)} %}}{{{{ {lit(label)} }}}}"
+                         for i, (role, label) in enumerate((("system", "System: "), ("user", "User: "),
+                                                            ("assistant", "Assistant: "))))
+        return ((f"{{{{ {lit(self.bos)} }}}}" if self.bos else "")
+                + "{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
+                + labels + "{% endif %}{{ message['content'] }}"
+                + f"{{% if message['role'] == 'assistant' %}}{{{{ {lit(self.end_of_turn)} }}}}{{% endif %}}"
+                + "{% endfor %}{% if add_generation_prompt %}{% if messages %}{{ '\\n' }}{% endif %}"
+                + "{{ 'Assistant: ' }}{% endif %}")
+
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:
         return {"version": 1, **asdict(self)}

@@ -76,6 +76,12 @@ def _arch(model, name: str) -> str:
     return kind
 
 
+def check_exportable(model, tokenizer, name: str = "model") -> None:
+    """ModelError (one line naming the architecture or tokenizer) unless ``write_gguf`` can write this model."""
+    _arch(model, name)
+    tokenizer_pre(tokenizer, name)
+
+
 # ----------------------------------------------------------------------------- tokenizer
 def tokenizer_pre(tokenizer, name: str = "model") -> str:
     """``tokenizer.ggml.pre``: which of llama.cpp's pre-tokenizers reproduces this tokenizer."""
@@ -122,22 +128,31 @@ def _vocab(tokenizer, n_vocab: int, name: str) -> tuple[list[str], list[int], li
     return tokens, [int(t) for t in types], merges
 
 
-def _write_tokenizer(writer, tokenizer, n_vocab: int, name: str) -> None:
+def _write_tokenizer(writer, tokenizer, n_vocab: int, name: str, template=None) -> None:
     tokens, types, merges = _vocab(tokenizer, n_vocab, name)
     writer.add_tokenizer_model("gpt2")  # llama.cpp's name for byte-level BPE
     writer.add_tokenizer_pre(tokenizer_pre(tokenizer, name))
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
+    eos_is_eot = template is not None and template.end_of_turn_id(tokenizer) != tokenizer.eos_token_id
     for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
                      ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
+        if key == "eos" and eos_is_eot:
+            continue  # written below: the end-of-turn token is the EOS of a chat export
         tid = getattr(tokenizer, f"{key}_token_id", None)
         if tid is not None and 0 <= tid < n_vocab:
             add(int(tid))
     probe = tokenizer("a")["input_ids"]
     writer.add_add_bos_token(bool(probe) and probe[0] == tokenizer.bos_token_id and tokenizer.bos_token_id is not None)
     writer.add_add_eos_token(len(probe) > 1 and probe[-1] == tokenizer.eos_token_id)
-    if isinstance(getattr(tokenizer, "chat_template", None), str):
+    if template is not None:  # quill's template: its jinja, and its end-of-turn token ends generation
+        eot = template.end_of_turn_id(tokenizer)
+        writer.add_chat_template(template.jinja_source())
+        writer.add_eot_token_id(eot)
+        if eot != tokenizer.eos_token_id:
+            writer.add_eos_token_id(eot)
+    elif isinstance(getattr(tokenizer, "chat_template", None), str):
         writer.add_chat_template(tokenizer.chat_template)
 
 
@@ -192,17 +207,25 @@ def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def _written(model) -> list[str]:
+    """The HF names of the tensors a GGUF gets: buffers and a tied LM head are left out."""
+    tied = model.get_output_embeddings() is not None and \
+        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    return [k for k in model.state_dict() if not k.endswith((".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq"))
+            and not (k == "lm_head.weight" and tied)]
+
+
+def tensor_count(model) -> int:
+    """How many tensors ``write_gguf`` writes (for a progress bar)."""
+    return len(_written(model))
+
+
 def _tensors(model, arch: str) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor in the layout llama.cpp expects), the tied LM head and buffers left out."""
     cfg = model.config
-    tied = model.get_output_embeddings() is not None and \
-        model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
-    for hf_name, t in model.state_dict().items():
-        if hf_name.endswith((".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")):
-            continue
-        if hf_name == "lm_head.weight" and tied:
-            continue
-        t = t.detach().float()
+    state = model.state_dict()
+    for hf_name in _written(model):
+        t = state[hf_name].detach().float()
         if arch == "gpt2" and hf_name.endswith((".c_attn.weight", ".c_proj.weight", ".c_fc.weight")):
             t = t.t()
         elif arch == "llama" and ".q_proj." in hf_name:
@@ -223,8 +246,13 @@ def _qtype(gguf_name: str, n_dims: int, quant: str):
     return Q[quant.upper()]
 
 
-def write_gguf(model, tokenizer, path: str | Path, quant: str = "f32", name: str = "model") -> Path:
-    """Write ``model`` (a llama or gpt2 causal LM, any float dtype) and its tokenizer to ``path``."""
+def write_gguf(model, tokenizer, path: str | Path, quant: str = "f32", name: str = "model", template=None,
+               progress=None) -> Path:
+    """Write ``model`` (a llama or gpt2 causal LM, any float dtype) and its tokenizer to ``path``.
+
+    ``template`` (a ``PromptTemplate``): embed it as ``tokenizer.chat_template`` and make its end-of-turn token
+    the EOS (and EOT), so llama.cpp, LM Studio and Ollama stop where quill does; without it the tokenizer's own
+    chat template, if any, is copied. ``progress(n)`` is called once per tensor written."""
     gguf, quant = _gguf(), _check_quant(quant)
     arch = _arch(model, name)
     model_arch = getattr(gguf.MODEL_ARCH, ARCHITECTURES[arch])
@@ -232,7 +260,7 @@ def write_gguf(model, tokenizer, path: str | Path, quant: str = "f32", name: str
     names = gguf.get_tensor_name_map(model_arch, n_blocks)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[model_arch])
     _write_params(writer, model, arch, quant, name)
-    _write_tokenizer(writer, tokenizer, model.get_input_embeddings().weight.shape[0], name)
+    _write_tokenizer(writer, tokenizer, model.get_input_embeddings().weight.shape[0], name, template)
     with torch.inference_mode():
         for hf_name, t in _tensors(model, arch):
             new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -246,6 +274,8 @@ def write_gguf(model, tokenizer, path: str | Path, quant: str = "f32", name: str
                 qtype = gguf.GGMLQuantizationType.F16
                 out = gguf.quants.quantize(data, qtype)
             writer.add_tensor(new, out, raw_dtype=qtype)
+            if progress is not None:
+                progress(1)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -88,6 +88,8 @@ def load_base(model_cfg: ModelConfig, dtype: Any = None):
                         model_cfg.attn_implementation)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if model_cfg.template == "auto" and (Path(path) / TEMPLATE_FILE).is_file():
+        return model, tokenizer, PromptTemplate.load(path)  # a quill checkpoint: the template it trained with
     return model, tokenizer, template_for(tokenizer, model_cfg.template)
 
 

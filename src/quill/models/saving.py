@@ -1,5 +1,7 @@
 """Checkpoints: weights (safetensors), tokenizer, ``template.json`` and ``generation_config.json`` in one folder,
-so chat / serve / eval can reload a stage without the run's config.
+so chat / serve / eval can reload a stage without the run's config, and any Hugging Face tool can too: the
+tokenizer files carry quill's template as their ``chat_template`` and the generation config stops at its
+end-of-turn token.
 
 Writes are atomic (``quill.files.atomic_dir``): everything goes to ``FOLDER.tmp-<pid>``, then the old folder
 is renamed aside, the new one renamed into place, and the old one removed. A crash or error while writing
@@ -59,6 +61,17 @@ def read_generation(folder: str | Path) -> dict:
     return _quill_generation(g).model_dump()
 
 
+def save_tokenizer(folder: str | Path, tokenizer, template) -> None:
+    """The tokenizer files with ``template`` as their ``chat_template``, so other tools (transformers, vLLM,
+    TGI) render the prompt quill trained on; the tokenizer object itself is left as it was."""
+    before = getattr(tokenizer, "chat_template", None)
+    tokenizer.chat_template = template.jinja_source()
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        tokenizer.chat_template = before
+
+
 def save_model(folder: str | Path, model, tokenizer, template, generation: GenerationConfig | dict | None = None,
                dtype: Any = None) -> Path:
     """Atomically write a complete checkpoint (see the module docstring). Pass a plain model
@@ -78,6 +91,6 @@ def save_model(folder: str | Path, model, tokenizer, template, generation: Gener
                 model.to(original)
         # overwrites the model's own generation_config.json; the model object is left unchanged
         hf_generation_config(generation, tokenizer, template).save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tmp, tokenizer, template)
         template.save(tmp)
     return Path(folder)

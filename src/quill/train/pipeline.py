@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from quill.config import PipelineConfig, dump_config, load_config, packaged_config
+from quill.config import PipelineConfig, dump_config, load_config, packaged_config, resolve_config_path
 from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.files import atomic_write_text
@@ -40,7 +40,7 @@ def make_accelerator(cfg: PipelineConfig, run: RunFolder):
 def train_from_config(config_path, overrides=None, run_dir=None, overwrite=False) -> Path:
     cfg = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
-    return train(cfg, run_dir, overwrite=overwrite, base_dir=Path(config_path).resolve().parent)
+    return train(cfg, run_dir, overwrite=overwrite, base_dir=resolve_config_path(config_path).resolve().parent)
 
 
 def resume_run(run_dir) -> Path:
