@@ -97,3 +97,19 @@ def test_missing_and_malformed_files(tmp_path):
     code.write_text("stages: !!python/object/apply:os.system ['true']\n")
     with pytest.raises(ConfigError):  # safe loader: tags that run code are refused
         load_config(code)
+
+
+def test_shipped_configs_load_by_name_and_read_paths_from_the_working_directory(tmp_path, monkeypatch):
+    from quill.config import config_base_dir, packaged_configs, resolve_config_path
+    assert {"demo", "demo-dpo", "gpt2-reference", "deepseek-coder-1.3b-reference"} <= set(packaged_configs())
+    for name in packaged_configs():
+        assert resolve_config_path(name) == packaged_config(name)
+        assert load_config(name).name == load_config(f"{name}.yaml").name
+    monkeypatch.chdir(tmp_path)
+    assert config_base_dir("demo-dpo") == tmp_path  # `runs/demo/...` in a shipped config: the user's runs
+    own = tmp_path / "cfgs" / "mine.yaml"
+    own.parent.mkdir()
+    own.write_text(packaged_config("demo").read_text())
+    assert config_base_dir(own) == own.parent and config_base_dir("cfgs/mine.yaml") == own.parent
+    with pytest.raises(ConfigError, match="shipped configs, usable by name: .*gpt2-reference"):
+        load_config("gpt2-refrence")

@@ -146,3 +146,42 @@ def test_second_run_on_a_locked_folder_is_refused(one_stage, tmp_path):
         assert (run / "keep.txt").exists(), "--overwrite deleted a folder another process holds"
     finally:
         lock.release()
+
+
+DPO_SETS = ["--set", "stages.dpo.train.max_steps=3", "--set", "stages.dpo.train.save_every=1",
+            "--set", "stages.dpo.train.eval_every=2", "--set", "eval.prompts=[]"]
+
+
+@pytest.fixture(scope="module")
+def dpo_stage(tmp_path_factory) -> Path:
+    """tiny-dpo.yaml with only its dpo stage (on the tiny Llama itself), data path made absolute."""
+    src = TINY.parent / "tiny-dpo.yaml"
+    raw = yaml.safe_load(src.read_text())
+    raw["stages"] = [s for s in raw["stages"] if s["name"] == "dpo"]
+    raw["stages"][0]["data"]["source"] = str(src.parent / raw["stages"][0]["data"]["source"])
+    path = tmp_path_factory.mktemp("cfg") / "dpo_stage.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_kill_during_a_dpo_stage_then_resume_matches_and_reads_the_reference(dpo_stage, tmp_path):
+    """A dpo stage killed in its second checkpoint resumes from the first with the uninterrupted losses, and
+    reads its frozen reference's log-probs from the run folder instead of computing them again."""
+    ref_run = tmp_path / "ref"
+    p = quill("train", dpo_stage, "--run-dir", ref_run, *DPO_SETS)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "reference log-probs computed" in p.stdout
+    run = tmp_path / "run"
+    p = quill("train", dpo_stage, "--run-dir", run, *DPO_SETS, env={"QUILL_FAULT": "checkpoint:weights@2"})
+    assert p.returncode == -9, p.stderr[-2000:]
+    assert (run / "data" / "dpo" / "reference_logps.json").is_file()
+    r = quill("resume", run)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resumed at step 1" in r.stdout + r.stderr and "reference log-probs read" in r.stdout
+    got, want = losses(run), losses(ref_run)
+    for key, value in want["dpo"].items():
+        assert got["dpo"][key] == pytest.approx(value, abs=1e-6), key
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref_run / "metrics.jsonl").read_text().splitlines()]
+    margins, ref_margins = ([r["rewards/margins"] for r in rs if "rewards/margins" in r] for rs in (rows, ref_rows))
+    assert len(ref_margins) == 3 and margins == pytest.approx(ref_margins, abs=1e-6)

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "quill"
-LAYERS = {"__init__": 1, "errors": 1, "paths": 1, "files": 1, "config": 2, "run": 3, "verse": 3, "data": 4,
+LAYERS = {"__init__": 1, "errors": 1, "paths": 1, "files": 1, "network": 1, "config": 2, "run": 3, "verse": 3, "data": 4,
           "models": 5, "decoding": 6, "train": 7, "evaluate": 8, "apps": 9, "cli": 10}
 
 

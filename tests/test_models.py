@@ -237,12 +237,12 @@ def test_offline_hub_id_fails_fast_with_one_line():
 
 
 def test_unreachable_hub_is_detected_without_hf_hub_offline(monkeypatch):
-    from quill.models import presets
+    from quill import network
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(presets, "_hub_host", lambda: "quill-unreachable.invalid")
-    monkeypatch.setattr(presets, "_reachable", {})
+    monkeypatch.setenv("HF_ENDPOINT", "https://quill-unreachable.invalid")
+    monkeypatch.setattr(network, "_reachable", {})
     start = time.monotonic()
-    assert presets.hub_offline() is True
+    assert network.hub_offline() is True and network.env_offline() is False
     with pytest.raises(ModelError, match="no network"):
         load_tokenizer("quill-test/no-such-model")
     assert time.monotonic() - start < 10

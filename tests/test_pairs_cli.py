@@ -108,3 +108,50 @@ def test_pairs_errors_are_one_line(tiny_run, tmp_path):
         make_pairs(tiny_run, n=1)
     with pytest.raises(PairsError, match="not a quill run folder"):
         make_pairs(tmp_path)
+
+
+def form_fake_sampler(model, tokenizer, template, requests, batch_size, progress, **settings):
+    """Form-aware requests get a rhymed couplet that stopped, plain ones a line that ran out."""
+    out = []
+    for req in requests:
+        text = "The moon is bright tonight,\nit fills the sky with light." if req.form else "grey stones lie"
+        out.append(Sample(text, finished=req.form, new_tokens=5))
+        progress(1, 5)
+    return out
+
+
+def test_pairs_with_form_aware_poems_say_which_decode_won(tiny_run, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(f"{COUPLETS}\n{SUITE_PROMPT}\nWrite two rhyming couplets about the light.\n")
+    seen = []
+
+    def sampler(*args, **kwargs):
+        seen.extend(args[3])
+        return form_fake_sampler(*args, **kwargs)
+    stats = make_pairs(tiny_run, prompts=str(prompts), n=3, form=1, out=tmp_path / "p.jsonl", min_margin=0.0,
+                       sampler=sampler)
+    assert [r.form for r in seen] == [False, False, True] * 2  # the suite prompt is left out, even from a FILE
+    assert stats["left_out"] == {"in_eval_suite": 1} and stats["pairs"] == 2 and stats["chosen_form"] == 2
+    records = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert all(r["chosen_decode"] == "form" and r["rejected_decode"] == "plain" for r in records)
+    assert "the form-aware poem chosen in 2" in capsys.readouterr().out
+    with pytest.raises(PairsError, match="--form must be between 0 and --n"):
+        make_pairs(tiny_run, prompts=str(prompts), n=2, form=3, sampler=sampler)
+
+
+def test_form_prompts_name_their_shape_and_avoid_the_suite():
+    from quill.data.form_prompts import PHRASINGS, TOPICS, eval_topics, form_prompts
+    from quill.verse.forms import read_prompt
+    from quill.verse.score import topic_words
+    for phrasing, wanted in PHRASINGS:
+        for topic in TOPICS:
+            found = read_prompt(phrasing.format(t=topic))
+            assert {k: found.get(k) for k in wanted} == wanted, (phrasing, topic, found)
+    suite = [p.prompt for p in load_suite("default").prompts]
+    prompts = form_prompts(suite, seed=0)
+    held = eval_topics(suite)
+    assert {"sea", "moon", "winter"} <= held
+    assert prompts and not any(set(topic_words(p)) & held for p in prompts)
+    assert not {text_key(p) for p in prompts} & {text_key(p) for p in suite}
+    assert len(prompts) == len(set(prompts)) and prompts != form_prompts(suite, seed=1)
+    assert sorted(prompts) == sorted(form_prompts(suite, seed=1))

@@ -111,13 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
                                      "model, best vs worst by poetic score")
     p.add_argument("run", help="run folder")
     p.add_argument("--prompts", default="suite",
-                   help="suite (default): the prompts of the run's training data, the eval suite's taken out; or "
-                        "FILE: one prompt per line, or .jsonl rows with a 'prompt' field")
+                   help="suite (default): the prompts of the run's training data; forms: requests for haiku, "
+                        "limericks, sonnets, rhyme schemes, meters and line counts on topics the eval suite does not "
+                        "use; or FILE: one prompt per line, or .jsonl rows with a 'prompt' field (eval-suite "
+                        "prompts are always taken out)")
     p.add_argument("--n", type=int, default=4, help="poems per prompt (at least 2)")
     p.add_argument("--out", default="pairs.jsonl", help="preference records (prompt, chosen, rejected, scores)")
     p.add_argument("--min-margin", type=float, default=0.05,
                    help="drop pairs whose best and worst poetic scores differ by less (counted)")
     p.add_argument("--max-prompts", type=int, help="only the first N prompts")
+    p.add_argument("--form", type=int, default=0, metavar="K",
+                   help="decode K of the n poems per prompt form-aware (form: auto), the rest plain (default 0)")
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--batch-size", type=int, help="rows decoded at once (default: eval.batch_size)")
     p = sub.add_parser("compare", help="several runs side by side in one table and one HTML page")
@@ -203,7 +207,8 @@ def dispatch(args) -> int | None:
     if verb == "pairs":
         from quill.apps.pairs import make_pairs
         make_pairs(args.run, prompts=args.prompts, n=args.n, out=args.out, min_margin=args.min_margin,
-                   max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+                   max_prompts=args.max_prompts, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                   form=args.form)
         return 0
     if verb == "compare":
         from quill.evaluate.compare import run_compare

@@ -4,7 +4,8 @@ What a run folder holds (``ls -R runs/demo`` after ``quill demo`` and ``quill ev
 
     config.yaml            the resolved config (written first: it makes a folder a run)
     .lock                  the pid of the process writing the run, while one is
-    data/<stage>/          train.jsonl, val.jsonl, test.jsonl, then report.json (written last: "data ready")
+    data/<stage>/          train.jsonl, val.jsonl, test.jsonl, then report.json (written last: "data ready");
+                           a dpo stage's reference_logps.json (its frozen reference's log-probs, read on resume)
     tb/                    TensorBoard events (``tracking.report_to``, by default)
     metrics.jsonl          a row per logged step ("loss", "lr", ...) and per validation ("val_loss")
     checkpoints/<stage>/   the resume state of the stage in training, every ``train.save_every`` steps
@@ -64,6 +65,9 @@ class RunFolder:
 
     def split(self, stage: str, split: str) -> Path:
         return self.data(stage) / f"{split}.jsonl"
+
+    def reference_logps(self, stage: str) -> Path:
+        return self.data(stage) / "reference_logps.json"
 
     def model_dir(self, stage: str) -> Path:
         return self.path / stage / "model"

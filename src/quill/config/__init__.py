@@ -260,6 +260,14 @@ def resolve_config_path(path: str | Path) -> Path:
     raise ConfigError(f"{path}: config file not found (shipped configs, usable by name: {shipped})")
 
 
+def config_base_dir(path: str | Path) -> Path:
+    """Where a config's relative paths (data sources, a model folder) are read from: the folder of a user's
+    config file, and the working directory for a shipped one (``demo-dpo`` reads ``runs/demo/...`` there)."""
+    resolved = resolve_config_path(path).resolve()
+    shipped = packaged_config(resolved.stem).resolve()
+    return Path.cwd() if resolved == shipped else resolved.parent
+
+
 def load_raw(path: str | Path) -> dict:
     path = resolve_config_path(path)
     try:

@@ -17,16 +17,15 @@ import socket
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
-from urllib.parse import urlparse
 
 from quill.config import DataConfig
 from quill.data.columns import map_columns, project
 from quill.data.gutenberg import group_lines, pick
 from quill.data.records import UNSPLIT, SourceResult, from_split_records, one_line
 from quill.errors import DataError
+from quill.network import PROBE_TIMEOUT_S, env_offline, hub_reachable  # noqa: F401 - tests patch hub_reachable here
 
 GUTENBERG_HUB = "biglam/gutenberg-poetry-corpus"
-PROBE_TIMEOUT_S = 3.0
 
 
 def read_hub(hub_id: str, data_cfg: DataConfig) -> SourceResult:
@@ -60,7 +59,7 @@ def read_saved_dataset(path: Path, data_cfg: DataConfig) -> SourceResult:
 def load_hub_dataset(hub_id: str, config: str | None = None, split: str | None = None) -> Any:
     """``datasets.load_dataset`` with a fast, one-line failure when the hub cannot be reached."""
     import datasets
-    offline = _env_offline() or not hub_reachable()
+    offline = env_offline("HF_DATASETS_OFFLINE") or not hub_reachable()
     try:
         with _offline_mode(offline):
             return datasets.load_dataset(hub_id, name=config, split=split)
@@ -72,22 +71,6 @@ def load_hub_dataset(hub_id: str, config: str | None = None, split: str | None =
         if name in ("DatasetNotFoundError", "RepositoryNotFoundError", "GatedRepoError"):
             raise DataError(f"{hub_id}: no such data set on the hub (or it is gated/private)") from None
         raise DataError(f"{hub_id}: cannot load the data set: {one_line(err)[:300]}") from None
-
-
-def hub_reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub endpoint (honours ``HF_ENDPOINT``): fast and no HTTP retries."""
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _env_offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from typing import Callable
 
-from quill.config import ConfigError, ModelConfig, PipelineConfig, StageConfig, load_config
+from quill.config import ConfigError, ModelConfig, PipelineConfig, StageConfig, config_base_dir, load_config
 from quill.data.encode import encode_examples
 from quill.data.pack import IGNORE_INDEX  # defined once, in pack.py
 from quill.data.prepare import PreparedData, prepare_stages
@@ -36,7 +36,7 @@ def run_inspect(config_path: str | Path, overrides: list[str] | None = None, as_
     ``load_tokenizer(model_config)`` gives the token statistics and examples (none without it)."""
     cfg = load_config(config_path, overrides)
     stages = _select(cfg, stage)
-    base_dir = Path(config_path).resolve().parent
+    base_dir = config_base_dir(config_path)
     # data first: a bad source fails in a second, before the (slow) tokenizer load; every stage is prepared
     # (even with --stage) because the stages share one held-out set, as in training
     prepared_all = prepare_stages(cfg.stages, base_dir)

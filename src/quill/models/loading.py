@@ -22,7 +22,8 @@ from quill.config import GenerationConfig, ModelConfig  # noqa: E402
 from quill.data.template import TEMPLATE_FILE, PromptTemplate, template_for  # noqa: E402
 from quill.errors import ModelError  # noqa: E402
 from quill.models.precision import resolve_dtype  # noqa: E402
-from quill.models.presets import hub_offline, looks_like_hub_id, resolve_model_path  # noqa: E402
+from quill.models.presets import looks_like_hub_id, resolve_model_path  # noqa: E402
+from quill.network import hub_offline  # noqa: E402
 from quill.models.saving import read_generation  # noqa: E402
 from quill.run import RunFolder  # noqa: E402
 

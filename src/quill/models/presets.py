@@ -13,17 +13,14 @@ build or two processes building at once never leave a half-written model behind.
 """
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 from quill.errors import ModelError
 from quill.files import atomic_dir
@@ -153,34 +150,6 @@ def _gguf_cache_name(path: Path) -> str:
     st = path.stat()
     key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:10]
     return f"gguf-{path.stem}-{key}"
-
-
-# ----------------------------------------------------------------------------- network
-def _hub_host() -> str:
-    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-
-
-_reachable: dict[str, bool] = {}
-
-
-def hub_offline() -> bool:
-    """True when hub downloads cannot work: ``HF_HUB_OFFLINE`` set, or a 3 s connection check fails (DNS
-    included, run in a thread because ``getaddrinfo`` has no timeout). Checked once per process."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return True
-    host = _hub_host()
-    if host not in _reachable:
-        def probe() -> bool:
-            with socket.create_connection((host, 443), timeout=3):
-                return True
-        pool = concurrent.futures.ThreadPoolExecutor(1)
-        try:
-            _reachable[host] = pool.submit(probe).result(timeout=3)
-        except Exception:
-            _reachable[host] = False
-        finally:
-            pool.shutdown(wait=False)
-    return not _reachable[host]
 
 
 def looks_like_hub_id(name: str) -> bool:

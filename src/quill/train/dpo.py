@@ -15,15 +15,23 @@ the first step, for every pair (:func:`reference_logps`) and ride along in the b
 forward pass per pair and step, not two. Computed before any step, they are the entering model's whether the
 stage starts a fresh LoRA adapter (B = 0: the same function as the merged weights) or continues one.
 
+They are stored in the run folder (``data/<stage>/reference_logps.json``, keyed by a hash of the tokenized pairs:
+:func:`cached_reference_logps`), so a resumed stage reads them instead of running the reference again.
+
 The module returns (sum of the pairs' losses, pairs), so the loop's accumulation averages over pairs, and
 keeps per-step statistics (:meth:`DPOLoss.pop_stats`) that the loop logs: rewards/margins,
 rewards/accuracies, rewards/chosen, rewards/rejected, logps/chosen, logps/rejected.
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from quill.files import atomic_write_json, read_json
 from quill.train.batches import collate_pairs
 from quill.train.loss import CausalLMLoss
 
@@ -91,20 +99,53 @@ class DPOLoss(CausalLMLoss):
 
 
 @torch.no_grad()
-def reference_logps(model: torch.nn.Module, encoded, pad_id: int, micro_batch: int, device, autocast) -> None:
+def reference_logps(model: torch.nn.Module, encoded, pad_id: int, micro_batch: int, device, autocast,
+                    desc: str | None = None) -> None:
     """Fill every pair's ``ref_chosen`` / ``ref_rejected``: the model's summed answer log-probs as it is now
-    (in eval mode: no dropout), micro-batch by micro-batch."""
+    (in eval mode: no dropout), micro-batch by micro-batch; ``desc``: show a progress bar under that name."""
     module = CausalLMLoss(model)
     was_training = model.training
     model.eval()
     pairs = encoded.sequences
-    for start in range(0, len(pairs), micro_batch):
-        chunk = pairs[start:start + micro_batch]
-        batch = collate_pairs(chunk, pad_id)
-        batch.pop("ref_logps")
-        with autocast():
-            nll, _ = module.row_losses(**{k: v.to(device) for k, v in batch.items()})
-        values = (-nll.float()).tolist()
-        for i, pair in enumerate(chunk):
-            pair.ref_chosen, pair.ref_rejected = values[i], values[len(chunk) + i]
+    with tqdm(total=len(pairs), desc=desc, unit="pair", disable=desc is None, leave=False) as bar:
+        for start in range(0, len(pairs), micro_batch):
+            chunk = pairs[start:start + micro_batch]
+            batch = collate_pairs(chunk, pad_id)
+            batch.pop("ref_logps")
+            with autocast():
+                nll, _ = module.row_losses(**{k: v.to(device) for k, v in batch.items()})
+            values = (-nll.float()).tolist()
+            for i, pair in enumerate(chunk):
+                pair.ref_chosen, pair.ref_rejected = values[i], values[len(chunk) + i]
+            bar.update(len(chunk))
     model.train(was_training)
+
+
+def pairs_fingerprint(encs: dict) -> str:
+    """sha256 of every split's pairs as tokenized (both rows' ids and labels): what the reference saw."""
+    h = hashlib.sha256(b"quill-dpo-reference-1")
+    for name in sorted(encs):
+        h.update(f"|{name}|{len(encs[name].sequences)}".encode())
+        for pair in encs[name].sequences:
+            for row in (pair.chosen, pair.rejected):
+                h.update(repr((row.input_ids, row.labels)).encode())
+    return h.hexdigest()
+
+
+def cached_reference_logps(path: Path, encs: dict, compute, write: bool) -> str:
+    """Every pair's reference log-probs: read from ``path`` when it holds these very pairs (a resumed stage:
+    the reference is frozen, so they cannot have changed), else ``compute(name, encoded)`` for each split and,
+    with ``write`` (the main process), store them there atomically. Returns "read" or "computed"."""
+    fingerprint = pairs_fingerprint(encs)
+    cached = read_json(path) if path.is_file() else None
+    if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint:
+        for name, enc in encs.items():
+            for pair, (c, r) in zip(enc.sequences, cached["logps"][name]):
+                pair.ref_chosen, pair.ref_rejected = float(c), float(r)
+        return "read"
+    for name, enc in encs.items():
+        compute(name, enc)
+    if write:
+        atomic_write_json(path, {"fingerprint": fingerprint, "logps": {
+            name: [[p.ref_chosen, p.ref_rejected] for p in enc.sequences] for name, enc in encs.items()}})
+    return "computed"

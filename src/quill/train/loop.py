@@ -14,34 +14,38 @@ import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from quill.config import TrainConfig
 from quill.data.encode import Encoded
 from quill.data.pack import IGNORE_INDEX
 from quill.models.precision import resolve_precision
-from quill.train.batches import collate, epoch_batches
+from quill.train.batches import BatchList, collate, epoch_batches
 from quill.train.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from quill.train.fastpaths import release_freed_memory, training_fast_paths
 from quill.train.evaluation import eval_loss
 from quill.train.faults import fault_point
 from quill.train.loss import CausalLMLoss
-from quill.train.samples import samples_row
+from quill.train.samples import EvalSamples, samples_row
 
 
 @dataclass
 class StageInputs:
+    """What ``fit`` trains one stage on."""
     name: str
-    train_cfg: object          # quill.config.TrainConfig
+    train_cfg: TrainConfig
     train: Encoded
-    val: object                # BatchList or None
-    test: object = None        # BatchList or None
+    val: BatchList | None
+    test: BatchList | None = None
     pad_id: int = 0
     attention: str = "auto"    # model.attn_implementation: "auto" lets packed training use flex attention
-    samples: object = None     # train.samples.EvalSamples: the fixed prompts' poetic score at each evaluation
-    loss_module: object = None  # model -> loss module (train.dpo.DPOLoss for a dpo stage); None: CausalLMLoss
+    samples: EvalSamples | None = None  # the fixed prompts' poetic score at each evaluation
+    # model -> its loss module (train.dpo.DPOLoss for a dpo stage); None: CausalLMLoss
+    loss_module: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 
 
 def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:

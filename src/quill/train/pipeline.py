@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from quill.config import PipelineConfig, dump_config, load_config, packaged_config, resolve_config_path
+from quill.config import PipelineConfig, dump_config, load_config, packaged_config, config_base_dir
 from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.files import atomic_write_text
 from quill.models.precision import resolve_precision
 from quill.run import RunFolder
 from quill.train.batches import build_loader, encode_stage_split, pad_id_of
-from quill.train.dpo import DPOLoss, reference_logps
+from quill.train.dpo import DPOLoss, cached_reference_logps, reference_logps
 from quill.train.loop import StageInputs, fit
 from quill.train.samples import eval_samples, sample_prompts
 
@@ -40,7 +40,7 @@ def make_accelerator(cfg: PipelineConfig, run: RunFolder):
 def train_from_config(config_path, overrides=None, run_dir=None, overwrite=False) -> Path:
     cfg = load_config(config_path, overrides)
     run_dir = Path(run_dir) if run_dir else Path(cfg.output_dir) / cfg.name
-    return train(cfg, run_dir, overwrite=overwrite, base_dir=resolve_config_path(config_path).resolve().parent)
+    return train(cfg, run_dir, overwrite=overwrite, base_dir=config_base_dir(config_path))
 
 
 def resume_run(run_dir) -> Path:
@@ -154,10 +154,15 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
                for split in ("val", "test") if prepared.splits.get(split)}
     if dpo is not None:  # the frozen reference: the model as it enters the stage, once for every pair
         encs = {"train": train_enc, **{name: loader.encoded for name, loader in loaders.items()}}
-        for enc in encs.values():
+        main = accelerator.is_main_process
+
+        def compute(name, enc):
             reference_logps(model, enc, pad_id_of(tokenizer), tc.micro_batch, accelerator.device,
-                            lambda: torch.autocast(accelerator.device.type, dtype=amp, enabled=amp != torch.float32))
-        if accelerator.is_main_process:
+                            lambda: torch.autocast(accelerator.device.type, dtype=amp, enabled=amp != torch.float32),
+                            desc=f"{stage.name} reference {name}" if main else None)
+        how = cached_reference_logps(run.reference_logps(stage.name), encs, compute, write=main)
+        if main:
+            print(f"[{stage.name}] reference log-probs {how} ({run.reference_logps(stage.name)})")
             note_tokenized(run.data(stage.name), {name: {"pairs": len(e.sequences), "skipped": dict(e.skipped),
                                                          "truncated": dict(e.truncated)} for name, e in encs.items()})
     if accelerator.is_main_process:
