@@ -27,15 +27,20 @@ SETS = ["--set", "stages.dapt.train.max_steps=3", "--set", "stages.dapt.train.sa
         "--set", "stages.dapt.train.eval_every=2", "--set", "eval.prompts=[]"]
 
 
-@pytest.fixture(scope="module")
-def one_stage(tmp_path_factory) -> Path:
-    """tiny.yaml with only its DAPT stage (halves every run), data path made absolute."""
-    raw = yaml.safe_load(TINY.read_text())
-    raw["stages"] = [s for s in raw["stages"] if s["name"] == "dapt"]
-    raw["stages"][0]["data"]["source"] = str(TINY.parent / raw["stages"][0]["data"]["source"])
-    path = tmp_path_factory.mktemp("cfg") / "one_stage.yaml"
+def only_stage(config: Path, stage: str, folder: Path) -> Path:
+    """``config`` with only one of its stages, its data path made absolute, written into ``folder``."""
+    raw = yaml.safe_load(config.read_text())
+    raw["stages"] = [s for s in raw["stages"] if s["name"] == stage]
+    raw["stages"][0]["data"]["source"] = str(config.parent / raw["stages"][0]["data"]["source"])
+    path = folder / f"{stage}_only.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_stage(tmp_path_factory) -> Path:
+    """tiny.yaml with only its DAPT stage (halves every run)."""
+    return only_stage(TINY, "dapt", tmp_path_factory.mktemp("cfg"))
 
 
 def quill(*args, env=None):
@@ -154,14 +159,8 @@ DPO_SETS = ["--set", "stages.dpo.train.max_steps=3", "--set", "stages.dpo.train.
 
 @pytest.fixture(scope="module")
 def dpo_stage(tmp_path_factory) -> Path:
-    """tiny-dpo.yaml with only its dpo stage (on the tiny Llama itself), data path made absolute."""
-    src = TINY.parent / "tiny-dpo.yaml"
-    raw = yaml.safe_load(src.read_text())
-    raw["stages"] = [s for s in raw["stages"] if s["name"] == "dpo"]
-    raw["stages"][0]["data"]["source"] = str(src.parent / raw["stages"][0]["data"]["source"])
-    path = tmp_path_factory.mktemp("cfg") / "dpo_stage.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+    """tiny-dpo.yaml with only its dpo stage (on the tiny Llama itself)."""
+    return only_stage(TINY.parent / "tiny-dpo.yaml", "dpo", tmp_path_factory.mktemp("cfg"))
 
 
 def test_kill_during_a_dpo_stage_then_resume_matches_and_reads_the_reference(dpo_stage, tmp_path):
