@@ -36,8 +36,9 @@ class ModelConfig(_Strict):
 
 # --------------------------------------------------------------------------- adapter / training
 class AdapterConfig(_Strict):
-    method: Literal["lora", "full"] = Field("lora", description="lora: train a LoRA adapter (peft), the base "
-                                            "weights frozen; full: train every weight")
+    method: Literal["lora", "dora", "full"] = Field(
+        "lora", description="lora: train a LoRA adapter (peft), the base weights frozen; dora: LoRA with a "
+        "learned magnitude per output (peft's use_dora); full: train every weight")
     r: int = Field(16, gt=0, description="LoRA rank")
     alpha: float = Field(32, gt=0, description="LoRA alpha: the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout (0: peft's default and the fastest; "
@@ -45,6 +46,25 @@ class AdapterConfig(_Strict):
     targets: str | list[str] = Field("all-linear", description="'all-linear', 'attention', or module names")
     merge: bool = Field(True, description="merge the adapter into the weights at the end of the stage "
                         "(the reference's method); false continues the same adapter in the next stage")
+    rslora: bool = Field(False, description="rank-stabilised LoRA: scale the update by alpha / sqrt(r) instead "
+                         "of alpha / r (peft's use_rslora)")
+    init: Literal["default", "gaussian", "pissa"] = Field(
+        "default", description="adapter initialisation (peft's init_lora_weights): default (B = 0), gaussian, or "
+        "pissa (A, B from the weights' principal singular vectors, the residual left in the base; needs merge: "
+        "true, since the adapter alone does not fit the original base)")
+
+    @model_validator(mode="after")
+    def _adapter_settings_need_an_adapter(self) -> "AdapterConfig":
+        if self.method == "full" and (self.rslora or self.init != "default"):
+            raise ValueError("rslora and init are adapter settings: not with method: full")
+        if self.init == "pissa" and not self.merge:
+            raise ValueError("init: pissa needs merge: true (its adapter is relative to a changed base)")
+        return self
+
+    @property
+    def adapter(self) -> bool:
+        """Whether the stage trains a peft adapter (lora, dora) rather than every weight."""
+        return self.method != "full"
 
 
 class TrainConfig(_Strict):

@@ -1,4 +1,5 @@
-"""What a stage trains: LoRA adapters (peft) or every weight ("full").
+"""What a stage trains: LoRA or DoRA adapters (peft; rank-stabilised scaling and gaussian / PiSSA initialisation
+as options) or every weight ("full").
 
 Target names are resolved here, per architecture, from the model's own modules rather than from a table:
 GPT-2 uses fused ``Conv1D`` layers (``c_attn``, ``c_proj``, ``c_fc``; their weights are stored transposed,
@@ -18,6 +19,9 @@ import torch
 from quill.config import AdapterConfig
 from quill.errors import ModelError
 from quill.files import atomic_dir
+
+
+INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}  # adapter.init -> peft's init_lora_weights
 
 
 def _is_peft(model) -> bool:
@@ -86,8 +90,8 @@ def _check_trainable(model) -> None:
 
 
 def apply_adapter(model, adapter_cfg: AdapterConfig):
-    """LoRA (a peft model; a model that already has an adapter keeps training it) or full fine-tuning
-    (every weight trainable; an existing adapter is merged first)."""
+    """LoRA or DoRA (a peft model; a model that already has an adapter keeps training it; ``rslora`` and
+    ``init`` passed to peft) or full fine-tuning (every weight trainable; an existing adapter is merged first)."""
     if adapter_cfg.method == "full":
         if _is_peft(model):
             model = merge_adapter(model)
@@ -103,7 +107,9 @@ def apply_adapter(model, adapter_cfg: AdapterConfig):
         chosen = [m for n, m in _linear_modules(model).items() if any(_matches(n, t) for t in names)]
         lora = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=adapter_cfg.dropout,
                           target_modules=names, task_type="CAUSAL_LM", bias="none",
-                          fan_in_fan_out=bool(chosen) and all(isinstance(m, Conv1D) for m in chosen))
+                          fan_in_fan_out=bool(chosen) and all(isinstance(m, Conv1D) for m in chosen),
+                          use_dora=adapter_cfg.method == "dora", use_rslora=adapter_cfg.rslora,
+                          init_lora_weights=INIT[adapter_cfg.init])
         model = get_peft_model(model, lora)
     _check_trainable(model)
     return model
