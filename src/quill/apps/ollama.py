@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import json
 
-from quill.data.template import PromptTemplate
+from quill.data.template import QUILL_LABELS, PromptTemplate
 from quill.errors import QuillError
 
-_QUILL_LABELS = (("system", "System: "), ("user", "User: "), ("assistant", "Assistant: "))
 _IM_START, _IM_END = "<|im_start|>", "<|im_end|>"
 _PROBE = "\ue010"  # a private-use character: where a message's content sits in a rendered probe
 
@@ -34,9 +33,10 @@ class TemplateNotTranslatable(QuillError, ValueError):
 
 def _go_quill(template: PromptTemplate) -> str:
     labels = "".join(f"{'{{ if' if i == 0 else '{{ else if'} eq $m.Role {json.dumps(role)} }}}}{label}"
-                     for i, (role, label) in enumerate(_QUILL_LABELS))
+                     for i, (role, label) in enumerate(QUILL_LABELS.items()))
     return ("{{- range $i, $m := .Messages }}{{ if $i }}\n{{ end }}" + labels + "{{ end }}{{ $m.Content }}"
-            f'{{{{ if eq $m.Role "assistant" }}}}{template.end_of_turn}{{{{ end }}}}{{{{ end }}}}\nAssistant: ')
+            f'{{{{ if eq $m.Role "assistant" }}}}{template.end_of_turn}{{{{ end }}}}{{{{ end }}}}\n'
+            + QUILL_LABELS["assistant"])
 
 
 def _chatml(messages: list[dict], default_system: str | None) -> str:

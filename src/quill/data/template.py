@@ -35,6 +35,9 @@ TEMPLATE_FILE = "template.json"
 CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
           "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
+# quill style: the label before each role's message (one definition: the jinja and Ollama renderings read it)
+QUILL_LABELS = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
+
 # Private-use characters mark where message contents sit in a rendered jinja template.
 _MARK = "\ue000{}\ue001"
 _MARK_RE = re.compile("\ue000(\\d+)\ue001")
@@ -73,13 +76,12 @@ class PromptTemplate:
         """[(text, is_content)]: template text (may hold control strings) and message contents (plain)."""
         if self.style == "quill":
             out: list[tuple[str, bool]] = [(self.bos, False)] if self.bos else []
-            label = {"system": "System: ", "user": "User: ", "assistant": "Assistant: "}
             for i, m in enumerate(messages):
-                out += [(("\n" if i else "") + label[m["role"]], False), (m["content"], True)]
+                out += [(("\n" if i else "") + QUILL_LABELS[m["role"]], False), (m["content"], True)]
                 if m["role"] == "assistant":
                     out.append((self.end_of_turn, False))
             if add_generation_prompt:
-                out.append((("\n" if messages else "") + "Assistant: ", False))
+                out.append((("\n" if messages else "") + QUILL_LABELS["assistant"], False))
             return [p for p in out if p[0]]
         from transformers.utils.chat_template_utils import render_jinja_template
         masked = [{"role": m["role"], "content": _MARK.format(i)} for i, m in enumerate(messages)]
@@ -179,14 +181,13 @@ class PromptTemplate:
             return str(self.chat_template)
         lit = json.dumps  # a JSON string is a valid jinja string literal (same escapes)
         labels = "".join(f"{'{% if' if i == 0 else '{% elif'} message['role'] == {lit(role)} %}}{{{{ {lit(label)} }}}}"
-                         for i, (role, label) in enumerate((("system", "System: "), ("user", "User: "),
-                                                            ("assistant", "Assistant: "))))
+                         for i, (role, label) in enumerate(QUILL_LABELS.items()))
         return ((f"{{{{ {lit(self.bos)} }}}}" if self.bos else "")
                 + "{% for message in messages %}{% if not loop.first %}{{ '\\n' }}{% endif %}"
                 + labels + "{% endif %}{{ message['content'] }}"
                 + f"{{% if message['role'] == 'assistant' %}}{{{{ {lit(self.end_of_turn)} }}}}{{% endif %}}"
                 + "{% endfor %}{% if add_generation_prompt %}{% if messages %}{{ '\\n' }}{% endif %}"
-                + "{{ 'Assistant: ' }}{% endif %}")
+                + f"{{{{ {lit(QUILL_LABELS['assistant'])} }}}}{{% endif %}}")
 
     # ------------------------------------------------------------------ persistence
     def to_dict(self) -> dict[str, Any]:

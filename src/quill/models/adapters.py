@@ -21,7 +21,7 @@ from quill.errors import ModelError
 from quill.files import atomic_dir
 
 
-INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}  # adapter.init -> peft's init_lora_weights
+PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}  # adapter.init -> peft's init_lora_weights
 
 
 def _is_peft(model) -> bool:
@@ -109,7 +109,7 @@ def apply_adapter(model, adapter_cfg: AdapterConfig):
                           target_modules=names, task_type="CAUSAL_LM", bias="none",
                           fan_in_fan_out=bool(chosen) and all(isinstance(m, Conv1D) for m in chosen),
                           use_dora=adapter_cfg.method == "dora", use_rslora=adapter_cfg.rslora,
-                          init_lora_weights=INIT[adapter_cfg.init])
+                          init_lora_weights=PEFT_INIT[adapter_cfg.init])
         model = get_peft_model(model, lora)
     _check_trainable(model)
     return model

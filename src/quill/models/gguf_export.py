@@ -135,23 +135,19 @@ def _write_tokenizer(writer, tokenizer, n_vocab: int, name: str, template=None) 
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges(merges)
-    eos_is_eot = template is not None and template.end_of_turn_id(tokenizer) != tokenizer.eos_token_id
-    for key, add in (("bos", writer.add_bos_token_id), ("eos", writer.add_eos_token_id),
-                     ("unk", writer.add_unk_token_id), ("pad", writer.add_pad_token_id)):
-        if key == "eos" and eos_is_eot:
-            continue  # written below: the end-of-turn token is the EOS of a chat export
-        tid = getattr(tokenizer, f"{key}_token_id", None)
+    # with quill's template, its end-of-turn token is the EOS (and EOT): llama.cpp and Ollama stop where quill does
+    eot = template.end_of_turn_id(tokenizer) if template is not None else None
+    for tid, add in ((tokenizer.bos_token_id, writer.add_bos_token_id),
+                     (tokenizer.eos_token_id if eot is None else eot, writer.add_eos_token_id),
+                     (tokenizer.unk_token_id, writer.add_unk_token_id), (tokenizer.pad_token_id, writer.add_pad_token_id)):
         if tid is not None and 0 <= tid < n_vocab:
             add(int(tid))
     probe = tokenizer("a")["input_ids"]
     writer.add_add_bos_token(bool(probe) and probe[0] == tokenizer.bos_token_id and tokenizer.bos_token_id is not None)
     writer.add_add_eos_token(len(probe) > 1 and probe[-1] == tokenizer.eos_token_id)
-    if template is not None:  # quill's template: its jinja, and its end-of-turn token ends generation
-        eot = template.end_of_turn_id(tokenizer)
+    if template is not None:
         writer.add_chat_template(template.jinja_source())
         writer.add_eot_token_id(eot)
-        if eot != tokenizer.eos_token_id:
-            writer.add_eos_token_id(eot)
     elif isinstance(getattr(tokenizer, "chat_template", None), str):
         writer.add_chat_template(tokenizer.chat_template)
 

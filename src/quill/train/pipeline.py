@@ -141,7 +141,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     tc = stage.train
     amp = resolve_precision(tc.precision, accelerator.device)
     # frozen base weights can live in the low precision; trained weights stay fp32 (full fine-tuning: autocast)
-    model = model.to(accelerator.device, dtype=amp if stage.adapter.adapter else torch.float32)
+    model = model.to(accelerator.device, dtype=amp if stage.adapter.trains_adapter else torch.float32)
     torch.manual_seed(tc.seed)
     if not continuing:
         model = models.apply_adapter(model, stage.adapter)
@@ -179,7 +179,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     result = fit(model, inputs, accelerator, run, resume=resume)
     result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped),
                    **({"truncated": dict(train_enc.truncated)} if dpo is not None else {})})
-    lora = stage.adapter.adapter
+    lora = stage.adapter.trains_adapter
     if accelerator.is_main_process:
         if lora:
             models.save_adapter(run.adapter_dir(stage.name), model)
@@ -198,7 +198,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
 
 def _restore_after(run, stage, model, models):
     """On resume: the weights a completed stage left (merged model, or base + its adapter to continue)."""
-    if stage.adapter.adapter and not stage.adapter.merge:
+    if stage.adapter.trains_adapter and not stage.adapter.merge:
         return models.load_adapter(model, run.adapter_dir(stage.name), trainable=True), True
     loaded, _tok, _tpl, _gen = models.load_checkpoint(run.model_dir(stage.name))
     return loaded, False
