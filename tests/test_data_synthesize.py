@@ -59,6 +59,19 @@ def test_per_poem_and_kinds_respected():
     assert len(records) == 2 * len(poems)
 
 
+def test_weights_make_a_kind_win_its_poems_more_often_and_are_validated():
+    poems = fixture_poems()
+    many = [dict(p, text=p["text"] + f"\n{'O sea' if i % 2 else 'O night'}, {i} times") for i in range(12)
+            for p in poems]   # more poems (distinct texts, so distinct seeded choices) for the counts to mean much
+    plain = synthesize(many, SynthConfig(per_poem=1))[1]
+    weighted = synthesize(many, SynthConfig(per_poem=1, weights={"lines": 50.0}))[1]
+    assert weighted["lines"] > 2 * plain["lines"] and sum(weighted.values()) == sum(plain.values())
+    with pytest.raises(ValueError, match="weights: 'form' is not one of kinds"):
+        SynthConfig(kinds=["topic"], weights={"form": 2.0})
+    with pytest.raises(ValueError, match="weights.topic must be > 0"):
+        SynthConfig(weights={"topic": 0.0})
+
+
 def test_kinds_only_when_they_apply():
     bare = {"text": "one line only about the sea and the sea", "title": None, "author": None, "tags": []}
     kinds = [k for k, _ in pairs_for_poem(bare, SynthConfig(per_poem=8))]

@@ -236,3 +236,43 @@ def test_int8_weights_stay_close_to_the_model(tiny_llama):
     e = Engine(q, tokenizer, template, name="tiny8", context_length=512, fast=False)
     r = e.generate(e.chat_prompt(MSG), e.params(max_new_tokens=5))
     assert r.completion_tokens <= 5 and r.finish_reason in ("stop", "length")
+
+
+def test_shared_prefix_is_the_longest_most_rows_have():
+    from quill.decoding.prefill import MIN_SHARED_PREFIX as m, shared_prefix
+    system = list(range(100, 100 + m + 4))
+    rows = [system + [1, 2], system + [1, 3, 4], system + [5], [7] * (m + 3), [9, 9]]
+    assert shared_prefix(rows) == (m + 4, [True, True, True, False, False])
+    assert shared_prefix([system + [1, 2], system + [1, 2, 3]]) == (m + 5, [True, True])   # one token left own
+    assert shared_prefix([system, [1] + system]) == (0, [False, False])       # no two rows share a head
+    assert shared_prefix([system[:m], system[:m]]) == (0, [False, False])     # nothing would be left to run
+
+
+def test_shared_prefix_and_dropped_rows_leave_every_row_as_it_is_alone(tiny_llama, tiny_gpt2, monkeypatch):
+    """Chat rows share their template's opening, computed once (raw rows beside them never see it), and rows
+    that end leave the batch once none is waiting; every greedy row still equals its batch-1 run."""
+    import quill.decoding.batch as batch_mod
+    import quill.decoding.prefill as prefill_mod
+    used = {"prefix": [], "compact": 0}
+    real_shared, real_compact = prefill_mod.shared_prefix, batch_mod._compact
+
+    def shared(prompts):
+        used["prefix"].append(real_shared(prompts))
+        return used["prefix"][-1]
+
+    def compact(*a):
+        used["compact"] += 1
+        return real_compact(*a)
+    monkeypatch.setattr(prefill_mod, "shared_prefix", shared)
+    monkeypatch.setattr(batch_mod, "_compact", compact)
+    system = {"role": "system", "content": "You are a poet who answers every request with a short poem."}
+    for fixture in (tiny_llama, tiny_gpt2):
+        e = make_engine(fixture)
+        asks = ["Write a poem about the sea", "Sing of night", "A haiku, please", "Rain"]
+        prompts = [e.chat_prompt([system, {"role": "user", "content": a}]) for a in asks]
+        prompts += [e.text_prompt("Night"), e.text_prompt("The sea is blue")]
+        params = [e.params(temperature=0, max_new_tokens=m) for m in (2, 12, 3, 9, 1, 6)]
+        for prompt, p, row in zip(prompts, params, e.generate_batch(prompts, params)):
+            assert row.token_ids == e.generate(prompt, p).token_ids
+    assert len(used["prefix"]) == 2 and all(n > 8 and has == [True] * 4 + [False] * 2 for n, has in used["prefix"])
+    assert used["compact"] >= 2

@@ -37,6 +37,10 @@ class SynthConfig(_Strict):
     kinds: list[Literal["topic", "style", "title", "continue", "lines", "form", "scheme", "meter"]] = Field(
         default_factory=lambda: ["topic", "style", "title", "continue", "lines", "form", "scheme", "meter"],
         description="kinds of instruction to make, each only from poems that have what it names")
+    weights: dict[str, float] = Field(default_factory=dict, description="kind -> weight of its turn when a poem "
+                                      "has several applicable kinds (default 1 each): with per_poem 1, a poem that "
+                                      "is a quatrain and has a topic becomes a form pair about twice as often as a "
+                                      "topic pair at form: 2. Only kinds listed in kinds; weights > 0")
     combine: float = Field(0.5, ge=0, le=1, description="chance that a pair also names each further feature "
                            "the poem truly has (line count, scheme, meter, topic) besides its kind's own")
     min_topic_uses: int = Field(0, ge=0, description="keep only poems that come back to their topic (the best "
@@ -46,6 +50,15 @@ class SynthConfig(_Strict):
     max_poems: int | None = Field(None, gt=0, description="after min_topic_uses, keep at most this many poems (a "
                                   "seeded sample; the rest are dropped and counted): read more rows, keep the best")
     seed: int = Field(0, description="seed of the choice of kinds, wordings and the max_poems sample")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "SynthConfig":
+        for kind, weight in self.weights.items():
+            if kind not in self.kinds:
+                raise ValueError(f"weights: {kind!r} is not one of kinds ({', '.join(self.kinds)})")
+            if not weight > 0:
+                raise ValueError(f"weights.{kind} must be > 0 (leave a kind out of kinds to never make it)")
+        return self
 
 
 class DataConfig(_Strict):

@@ -90,7 +90,11 @@ def pairs_for_poem(poem: dict, cfg: SynthConfig) -> list[tuple[str, dict]]:
     facts = describe(poem["text"])
     topic = _topic(poem, rng)
     candidates = [k for k in cfg.kinds if _applies(k, poem, facts, topic)]
-    rng.shuffle(candidates)
+    if cfg.weights:   # a weighted shuffle (Efraimidis-Spirakis: sort by u ** (1 / weight))
+        keys = {k: rng.random() ** (1.0 / cfg.weights.get(k, 1.0)) for k in candidates}
+        candidates.sort(key=lambda k: -keys[k])
+    else:
+        rng.shuffle(candidates)
     out = []
     for kind in candidates[:cfg.per_poem]:
         prompt, answer, asked = _make(kind, poem, facts, topic, rng, cfg.combine)

@@ -15,7 +15,9 @@ single streamed row shows its lines as they are accepted (held back while they m
 With ``slots`` below the number of rows, a row that ends hands its slot to the next waiting one (continuous
 batching): the newcomer's prompt is prefilled on its own and its key/values written into the slot's last
 cache columns (``decoding/kvcache.py``), the slot's mask hiding what it held before. A batch then costs
-about its rows' total tokens over ``slots``, not ``slots`` times its longest row.
+about its rows' total tokens over ``slots``, not ``slots`` times its longest row. Once no row is waiting, the
+finished ones leave the batch (``_compact``, when they are a quarter of it): the tail of a batch, where a
+few long poems outlive the rest, then costs what those rows cost, not what a full batch does.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ import torch
 
 from quill.decoding.kvcache import can_place, decode_cache, place
 from quill.decoding.lines import LineState, Vocabulary
+from quill.decoding.matmul import oriented_linears
+from quill.decoding.prefill import prefill_shared
 from quill.decoding.sampling import SamplingParams, make_generator, sample_rows
 from quill.verse.forms import FormSpec
 
@@ -100,7 +104,7 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
     penalty = torch.ones(n, 1)
     penalized = any(r.params.repetition_penalty != 1.0 for r in rows)
     col = width
-    with torch.inference_mode():
+    with torch.inference_mode(), oriented_linears(model):   # see decoding/matmul.py
         logits = torch.zeros(n, vocab_size)
         _join(model, cache, ctx, rows, live, list(range(n)), logits, penalty, width, pad_id, device, prefill=True)
         ended: set[int] = set()
@@ -113,6 +117,9 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
                 _join(model, cache, ctx, rows, live, joining, logits, penalty, col, pad_id, device)
             if all(rows[i].done for i in live):
                 break
+            if not waiting and 4 * sum(rows[i].done for i in live) >= n:
+                live, logits, penalty = _compact(cache, ctx, rows, live, logits, penalty, device)
+                n, seen = len(live), ctx.seen
             feed = torch.full((n,), pad_id, dtype=torch.long)
             active = [s for s in range(n) if not rows[live[s]].done]
             for s in active:
@@ -174,29 +181,43 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
     return time.perf_counter() - start
 
 
+def _compact(cache, ctx: _Context, rows: list[BatchRow], live: list[int], logits: torch.Tensor,
+             penalty: torch.Tensor, device) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """Drop the slots whose rows have ended from the cache and every per-slot tensor; returns the new
+    (live, logits, penalty). Each row's own mask, positions and seen tokens move with it, so nothing it
+    samples changes (up to float rounding in a narrower matmul)."""
+    keep = [s for s, i in enumerate(live) if not rows[i].done]
+    index = torch.tensor(keep, dtype=torch.long)
+    cache.batch_select_indices(index.to(device))
+    ctx.mask, ctx.seen = ctx.mask[index], ctx.seen[index]
+    return [live[s] for s in keep], logits[index], penalty[index]
+
+
 def _join(model, cache, ctx: _Context, rows: list[BatchRow], live: list[int], joining: list[int],
           logits: torch.Tensor, penalty: torch.Tensor, end: int, pad_id: int, device, prefill: bool = False) -> None:
     """Prefill the prompts of the rows that slots ``joining`` now decode, ending at cache column ``end``:
     left-padded to their longest, positions counted from each row's first real token; the slot's mask
-    hides whatever it held before. ``prefill``: the batch's first forward, written straight into ``cache``."""
+    hides whatever it held before. ``prefill``: the batch's first forward, written straight into ``cache``
+    (with a prefix most rows share computed once, see ``decoding/prefill.py``)."""
     prompts = [rows[live[s]].prompt for s in joining]
-    w = max(len(p) for p in prompts)
-    ids = torch.full((len(joining), w), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(joining), w), dtype=torch.long)
-    for j, p in enumerate(prompts):
-        ids[j, w - len(p):] = torch.tensor(p)
-        mask[j, w - len(p):] = 1
-    if prefill:   # the first batch: left-padded to the longest prompt of all rows, so later ones fit
-        ids = torch.cat([torch.full((len(joining), end - w), pad_id, dtype=torch.long), ids], 1)
-        mask = torch.cat([torch.zeros((len(joining), end - w), dtype=torch.long), mask], 1)
-        w = end
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    target = cache if prefill else decode_cache(model)
-    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                cache=target, use_cache=True, logits_to_keep=1)
-    if not prefill:
-        place(cache, joining, target, end)
-    new_logits = out.logits[:, -1].float().cpu()
+    shared = prefill_shared(model, cache, prompts, end, pad_id, device) if prefill else None
+    if shared is not None:
+        new_logits, mask = shared
+    else:
+        w = end if prefill else max(len(p) for p in prompts)   # the first batch: padded to the longest of all rows
+        ids = torch.full((len(joining), w), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(joining), w), dtype=torch.long)
+        for j, p in enumerate(prompts):
+            ids[j, w - len(p):] = torch.tensor(p)
+            mask[j, w - len(p):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        target = cache if prefill else decode_cache(model)
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+                    cache=target, use_cache=True, logits_to_keep=1)
+        if not prefill:
+            place(cache, joining, target, end)
+        new_logits = out.logits[:, -1].float().cpu()
+    w = mask.shape[1]
     vocab_size = ctx.seen.shape[1]
     for j, s in enumerate(joining):
         r = rows[live[s]]

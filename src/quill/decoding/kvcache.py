@@ -6,7 +6,8 @@ CPU, as much as reading the model's weights. ``GrowingLayer`` keeps keys and val
 columns (doubled when full), so a step writes one column; what the model sees (``keys``, ``values``) is a
 view of the filled part, so attention and masks work unchanged.
 
-``place`` puts a new request's prefilled prompt into a row of a running batch (continuous batching, see
+``batch_select_indices`` drops finished rows (``decoding/batch.py`` does it once no request is waiting for
+a slot, so the batch's tail does not compute for rows that have ended). ``place`` puts a new request's prefilled prompt into a row of a running batch (continuous batching, see
 ``decoding/batch.py``): its key/values go in the row's last columns before the current one, and the
 row's attention mask (kept by the caller) hides everything older.
 """
@@ -47,6 +48,14 @@ class GrowingLayer(DynamicLayer):
         super().reset()
         self._k = self._v = None
         self._n = 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        """Keep only the batch rows ``indices`` (the buffers too, so the next step still writes in place)."""
+        if self.is_initialized and self._k is not None:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[..., :self._n, :], self._v[..., :self._n, :]
+        else:
+            super().batch_select_indices(indices)
 
 
 def _grown(old: torch.Tensor | None, like: torch.Tensor, filled: int, need: int) -> torch.Tensor:
