@@ -7,9 +7,10 @@ columns (doubled when full), so a step writes one column; what the model sees (`
 view of the filled part, so attention and masks work unchanged.
 
 ``batch_select_indices`` drops finished rows (``decoding/batch.py`` does it once no request is waiting for
-a slot, so the batch's tail does not compute for rows that have ended). ``place`` puts a new request's prefilled prompt into a row of a running batch (continuous batching, see
-``decoding/batch.py``): its key/values go in the row's last columns before the current one, and the
-row's attention mask (kept by the caller) hides everything older.
+a slot, so the batch's tail does not compute for rows that have ended). ``place`` puts a new request's
+prefilled prompt into a row of a running batch (continuous batching, see ``decoding/batch.py``): its
+key/values go in the row's last columns before the current one, and the row's attention mask (kept by the
+caller) hides everything older.
 """
 from __future__ import annotations
 
