@@ -62,7 +62,7 @@ def test_stray_endfpoem_in_the_themed_corpus_is_cleaned_and_counted():
     stray = raw.count("<|endfpoem|>")
     assert stray > 0
     prepared = prepare_stage_data(StageConfig(name="d", kind="dapt", data=DataConfig(source=str(THEMED))))
-    assert prepared.report["special_tokens_removed"] >= stray
+    assert prepared.report["special_tokens_removed"] == stray   # every one, counted before de-duplication
     assert not any("<|" in r["text"] for rows in prepared.splits.values() for r in rows)
 
 
@@ -129,6 +129,6 @@ def test_quill_template_prompt_never_contains_eos_from_text(gpt2_tokenizer):
 # --------------------------------------------------------------------------- hostile nesting inside cells
 def test_deeply_nested_json_strings_in_cells_do_not_crash():
     deep = "[" * 600 + "]" * 600
-    assert parse_tags(deep) == [] or all(isinstance(t, str) for t in parse_tags(deep))
+    assert parse_tags(deep) == []             # nested lists hold no tag strings: none, and no RecursionError
     msgs = json.dumps([{"role": json.loads("[" * 300 + "]" * 300), "content": "x"}])
     assert parse_messages(msgs) == (None, "bad_messages")

@@ -3,6 +3,7 @@ from types import SimpleNamespace
 
 import torch
 
+import quill.models.precision as precision_mod
 from quill.config import TrainConfig
 from quill.models.precision import resolve_precision
 from quill.train.loop import _Loop, plan_steps
@@ -35,8 +36,12 @@ def test_early_stopping_after_patience_evaluations_without_improvement():
     assert [r["val_loss"] for r in logged] == [2.0, 1.5, 1.6, 1.55, 1.7]
 
 
-def test_precision_choice():
+def test_precision_choice(monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == torch.float32
     assert resolve_precision("bf16", cpu) == torch.bfloat16
-    assert resolve_precision("auto", cpu) in (torch.float32, torch.bfloat16)
+    monkeypatch.setattr(precision_mod, "cpu_has_bf16", lambda: True)   # auto on a CPU: bf16 only with AMX
+    assert resolve_precision("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(precision_mod, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == torch.float32
+    assert resolve_precision("fp16", cpu) == torch.float16
