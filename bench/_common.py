@@ -9,6 +9,8 @@ import platform
 import resource
 import shlex
 import sys
+import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -124,3 +126,21 @@ def median(xs: list[float]) -> float | None:
         return None
     m = len(xs) // 2
     return xs[m] if len(xs) % 2 else (xs[m - 1] + xs[m]) / 2
+
+
+class BenchRun:
+    """The slice of quill's RunFolder that ``fit`` uses; remembers when each step was logged."""
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="quill-bench-")
+        self.step_times: list[float] = []
+
+    def checkpoint(self, name):
+        return Path(self.folder) / "checkpoints" / name
+
+    def log(self, rec):
+        if "loss" in rec:
+            self.step_times.append(time.perf_counter())
+
+    def truncate_metrics(self, *a):
+        pass

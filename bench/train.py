@@ -15,6 +15,13 @@ subprocess (so peak-memory high-water marks are separate), back to back, ``--rou
 
 Useful tokens are the non-padding tokens a step trains on. The first ``--warmup`` optimizer steps are not
 timed. Run: ``python bench/train.py`` (``--help`` for options).
+
+The machine's ceiling, measured in the same run (its own subprocess, first): the fp32 GEMM rate of this CPU (or
+GPU) at the model's own shapes: for every block matrix and the fused loss's vocabulary chunk, the forward product
+(``micro_batch × seq_len`` rows) and the input-gradient product, each timed best of 3 after a warm-up, combined
+in proportion to their FLOPs in a token. The FLOPs a token costs are ``quill.train.flops.token_flops`` (tested
+against torch's FLOP counter); ``ceiling tok/s`` = rate / FLOPs per token, and each side's ``MFU`` is its useful
+tokens/s over that ceiling (adapter and attention FLOPs counted at the same rate as the big products).
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import envelope, loadavg, median, peak_rss_gb, read_texts, resolve_data, table, write_result  # noqa: E402
+from _common import BenchRun, envelope, loadavg, median, peak_rss_gb, read_texts, resolve_data, table, write_result  # noqa: E402
 
 # the reference's LoRA (quill/configs/*-reference.yaml); --lora-dropout 0 gives quill's (and peft's) default
 LORA = {"r": 16, "alpha": 32, "dropout": 0.05, "targets": "all-linear"}
@@ -54,24 +61,6 @@ def _peak_memory_gb() -> float:
     return peak_rss_gb()
 
 
-class _Run:
-    """The slice of quill's RunFolder that ``fit`` uses; remembers when each step was logged."""
-
-    def __init__(self):
-        self.folder = tempfile.mkdtemp(prefix="quill-bench-")
-        self.step_times: list[float] = []
-
-    def checkpoint(self, name):
-        return Path(self.folder) / "checkpoints" / name
-
-    def log(self, rec):
-        if "loss" in rec:
-            self.step_times.append(time.perf_counter())
-
-    def truncate_metrics(self, *a):
-        pass
-
-
 def run_quill(args, texts) -> dict:
     import torch
     from accelerate import Accelerator
@@ -93,7 +82,7 @@ def run_quill(args, texts) -> dict:
     t0 = time.perf_counter()
     enc = encode_split("poems", [{"text": t} for t in texts], tokenizer, template, tc.block_size, tc.packing, tc.seed)
     encode_s = time.perf_counter() - t0
-    run = _Run()
+    run = BenchRun()
     inputs = StageInputs("bench", tc, enc, None, None, pad_id_of(tokenizer))
     t_fit = time.perf_counter()
     fit(model, inputs, acc, run)
@@ -160,10 +149,56 @@ def _summary(side, tokens, slots, step_s, args, **extra) -> dict:
             "peak_mem_gb": _peak_memory_gb(), "step_s_all": [round(s, 2) for s in step_s], **extra}
 
 
+def run_ceiling(args) -> dict:
+    """The GEMM rate at the model's shapes and the FLOPs of a training token (see the module docstring)."""
+    import torch
+    import torch.nn.functional as F
+    from quill.config import AdapterConfig, ModelConfig
+    from quill.train.flops import token_flops
+    from quill.train.loss import CPU_CHUNK, GPU_CHUNK
+    from quill.train.memory import model_shape, read_model_config
+    shape = model_shape(read_model_config(ModelConfig(name=args.model)))
+    adapter = AdapterConfig(r=LORA["r"], alpha=LORA["alpha"], targets=LORA["targets"])
+    flops = token_flops(shape, adapter, args.seq_len, target_share=(args.seq_len - 1) / args.seq_len)
+    device, rows = _device(), args.micro_batch * args.seq_len
+    chunk = CPU_CHUNK if device.type == "cpu" else GPU_CHUNK
+
+    def best(fn) -> float:
+        fn()
+        runs = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            runs.append(time.perf_counter() - t)
+        return min(runs)
+    products = [(m.fan_in, m.fan_out, rows, shape.layers) for m in shape.matrices()]
+    products.append((shape.hidden, shape.vocab, chunk, rows / chunk))     # the loss: chunk after chunk
+    total_flops = total_s = 0.0
+    shapes = []
+    for fan_in, fan_out, m, times in products:
+        x, w = torch.randn(m, fan_in, device=device), torch.randn(fan_out, fan_in, device=device)
+        g = torch.randn(m, fan_out, device=device)
+        fwd, grad = best(lambda: F.linear(x, w)), best(lambda: g @ w)
+        work = 2 * m * fan_in * fan_out
+        total_flops += 2 * work * times
+        total_s += (fwd + grad) * times
+        shapes.append({"m": m, "in": fan_in, "out": fan_out, "forward_gflops": round(work / fwd / 1e9, 1),
+                       "input_grad_gflops": round(work / grad / 1e9, 1)})
+    rate = total_flops / total_s
+    return {"side": "ceiling", "gemm_gflops": round(rate / 1e9, 1), "flops_per_token": round(flops.total),
+            "flops_terms": {k: round(v) for k, v in vars(flops).items()},
+            "ceiling_tok_s": round(rate / flops.total, 1), "shapes": shapes, "dtype": "float32"}
+
+
 def child(args) -> None:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.side == "ceiling":
+        print("RESULT " + json.dumps(run_ceiling(args) | {"threads": torch.get_num_threads()}), flush=True)
+        return
     texts = poem_pool(args)
     load0 = loadavg()
     res = (run_quill(args, texts) if args.side == "quill"
@@ -172,21 +207,28 @@ def child(args) -> None:
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def _side(args, side: str, passthrough: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, __file__, *passthrough, "--side", side], text=True,
+                          stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.DEVNULL,
+                          env={**os.environ, "TQDM_DISABLE": "1"})
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or not line:
+        sys.exit(f"{side} failed (exit {proc.returncode}); rerun with --verbose\n{proc.stdout[-2000:]}")
+    return json.loads(line[7:])
+
+
 def parent(args) -> None:
     sides = ["quill", "baseline"] + (["baseline-bf16"] if args.baseline_bf16 else [])
     runs = []
     passthrough = [a for a in sys.argv[1:] if a != "--baseline-bf16"]
+    ceiling = _side(args, "ceiling", passthrough)
+    print(f"[ceiling] fp32 GEMM {ceiling['gemm_gflops']} GFLOP/s at the model's shapes; "
+          f"{ceiling['flops_per_token'] / 1e6:.0f} MFLOP a token: {ceiling['ceiling_tok_s']} tokens/s", flush=True)
     for r in range(args.rounds):
         for side in sides:
             print(f"[round {r + 1}/{args.rounds}] {side} ...", flush=True)
             t = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, *passthrough, "--side", side], text=True,
-                                  stdout=subprocess.PIPE, stderr=None if args.verbose else subprocess.DEVNULL,
-                                  env={**os.environ, "TQDM_DISABLE": "1"})
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode or not line:
-                sys.exit(f"{side} failed (exit {proc.returncode}); rerun with --verbose\n{proc.stdout[-2000:]}")
-            res = json.loads(line[7:]) | {"round": r + 1, "wall_s": round(time.perf_counter() - t, 1)}
+            res = _side(args, side, passthrough) | {"round": r + 1, "wall_s": round(time.perf_counter() - t, 1)}
             print(f"  {res['useful_tok_s']:,.0f} useful tokens/s, step {res['step_s']} s, "
                   f"peak {res['peak_mem_gb']} GB, load {res['load_before']}", flush=True)
             runs.append(res)
@@ -196,14 +238,16 @@ def parent(args) -> None:
         rows.append({"side": side, "precision": mine[0]["precision"], "useful tok/s": median([x["useful_tok_s"] for x in mine]),
                      "step s": median([x["step_s"] for x in mine]), "padding %": mine[0]["padding_pct"],
                      "peak GB": max(x["peak_mem_gb"] for x in mine)})
+        rows[-1]["MFU"] = round(rows[-1]["useful tok/s"] / ceiling["ceiling_tok_s"], 3)
     base = rows[1]["useful tok/s"]
     for row in rows:
         row["quill ×"] = round(rows[0]["useful tok/s"] / row["useful tok/s"], 2)
     print(f"\n{args.model}, micro-batch {args.micro_batch} × accumulation {args.grad_accum}, seq {args.seq_len}, "
           f"{args.steps} timed steps after {args.warmup} warm-up, {args.rounds} round(s); load {loadavg()}\n")
-    print(table(rows, ["side", "precision", "useful tok/s", "step s", "padding %", "peak GB", "quill ×"]))
+    print(table(rows, ["side", "precision", "useful tok/s", "step s", "padding %", "peak GB", "quill ×", "MFU"]))
     result = envelope("train", settings={k: v for k, v in vars(args).items() if k not in ("side", "verbose", "out")},
-                      table=rows, ratio_vs_baseline=round(rows[0]["useful tok/s"] / base, 2), runs=runs,
+                      table=rows, ratio_vs_baseline=round(rows[0]["useful tok/s"] / base, 2), ceiling=ceiling,
+                      mfu={row["side"]: row["MFU"] for row in rows}, runs=runs,
                       load_end=loadavg())
     write_result("train", result, args.out)
 
@@ -231,7 +275,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     p.add_argument("--out", default=None, help="JSON path (default bench/results/train.json)")
     p.add_argument("--verbose", action="store_true", help="show the sides' own output")
-    p.add_argument("--side", choices=["quill", "baseline", "baseline-bf16"], help=argparse.SUPPRESS)
+    p.add_argument("--side", choices=["ceiling", "quill", "baseline", "baseline-bf16"], help=argparse.SUPPRESS)
     args = p.parse_args()
     child(args) if args.side else parent(args)
 

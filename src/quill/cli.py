@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--run-dir", help="write the run here (default: OUTPUT_DIR/NAME from the config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and print each stage's estimated peak memory per device (weights, "
+                        "grads, optimizer, activations) for single, ddp, zero2 and zero3/fsdp on 1-8 devices, "
+                        "QLoRA included; reads the model's config.json only, trains and writes nothing")
     p = sub.add_parser("demo", help="the embedded offline demo: SmolLM2-135M, Gutenberg passages, both stages")
     p.add_argument("--config", help="another pipeline YAML instead of the embedded configs/demo.yaml")
     _config_args(p, required=False)
@@ -182,6 +186,9 @@ def dispatch(args) -> int | None:
         return run_inspect(args.config, args.overrides, as_json=args.json, examples=args.examples, stage=args.stage,
                            load_tokenizer=lambda m: load_tokenizer(m.name, trust_remote_code=m.trust_remote_code,
                                                                    revision=m.revision))
+    if verb == "train" and args.dry_run:
+        from quill.train.memory import dry_run
+        return dry_run(args.config, args.overrides)
     if verb == "train":
         from quill.train.pipeline import train_from_config
         train_from_config(args.config, args.overrides, run_dir=args.run_dir, overwrite=args.overwrite)

@@ -25,6 +25,11 @@ class AdapterConfig(_Strict):
         "default", description="adapter initialisation (peft's init_lora_weights): default (B = 0), gaussian, or "
         "pissa (A, B from the weights' principal singular vectors, the residual left in the base; needs merge: "
         "true, since the adapter alone does not fit the original base)")
+    quantize: Literal["nf4", "int8"] | None = Field(
+        None, description="QLoRA: hold the frozen base's linear layers quantised (bitsandbytes: nf4 4-bit with "
+        "double-quantised scales, or int8 per row) while the adapter trains in full precision; the output layer "
+        "and embeddings stay unquantised. Needs merge: true (the saved model is the de-quantised base plus the "
+        "adapter, plain safetensors) and bitsandbytes (pip install 'quill[qlora]')")
 
     @model_validator(mode="after")
     def _adapter_settings_need_an_adapter(self) -> "AdapterConfig":
@@ -32,6 +37,15 @@ class AdapterConfig(_Strict):
             raise ValueError("rslora and init are adapter settings: not with method: full")
         if self.init == "pissa" and not self.merge:
             raise ValueError("init: pissa needs merge: true (its adapter is relative to a changed base)")
+        if self.quantize is not None:
+            if self.method == "full":
+                raise ValueError("quantize is for adapters (QLoRA: a frozen quantised base): not with method: full")
+            if self.init == "pissa":
+                raise ValueError("quantize: not with init: pissa (PiSSA initialises from the full-precision "
+                                 "weights and leaves a residual base that would then be quantised)")
+            if not self.merge:
+                raise ValueError("quantize needs merge: true (a continued adapter would need the same "
+                                 "quantised base in the next stage and on resume)")
         return self
 
     @property

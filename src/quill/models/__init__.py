@@ -2,7 +2,7 @@
 
 Split into ``presets`` (names -> local folders: hub ids, the offline SmolLM2 conversion, tiny test models),
 ``loading`` (tokenizer / base / checkpoint / inference loads), ``precision`` (the dtype policy),
-``adapters`` (LoRA or full fine-tuning),
+``adapters`` (LoRA, DoRA or full fine-tuning), ``quantize`` (QLoRA: the frozen base in bitsandbytes nf4 / int8),
 ``saving`` (atomic safetensors checkpoints) and ``gguf_export`` (GGUF files for the llama.cpp backend).
 Import from ``quill.models``; the split is an implementation detail.
 """

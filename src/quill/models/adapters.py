@@ -19,6 +19,7 @@ import torch
 from quill.config import AdapterConfig
 from quill.errors import ModelError
 from quill.files import atomic_dir
+from quill.models.quantize import dequantize_merge, is_quantized, quantize_linears
 
 
 PEFT_INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa"}  # adapter.init -> peft's init_lora_weights
@@ -103,6 +104,8 @@ def apply_adapter(model, adapter_cfg: AdapterConfig):
     else:
         from peft import LoraConfig, get_peft_model
         from transformers.pytorch_utils import Conv1D
+        if adapter_cfg.quantize:  # QLoRA: the frozen base quantised first, peft then wraps bitsandbytes layers
+            model = quantize_linears(model, _linear_modules(model), adapter_cfg.quantize)
         names = lora_targets(model, adapter_cfg.targets)
         chosen = [m for n, m in _linear_modules(model).items() if any(_matches(n, t) for t in names)]
         lora = LoraConfig(r=adapter_cfg.r, lora_alpha=adapter_cfg.alpha, lora_dropout=adapter_cfg.dropout,
@@ -129,7 +132,10 @@ def load_adapter(model, folder: str | Path, trainable: bool = True):
 
 
 def merge_adapter(model):
-    """Fold LoRA weights into the base weights and return the plain transformers model (no-op otherwise)."""
+    """Fold LoRA weights into the base weights and return the plain transformers model (no-op otherwise);
+    a quantised base (QLoRA) is de-quantised into full-precision linear layers first."""
+    if is_quantized(model):
+        return dequantize_merge(model)
     return model.merge_and_unload() if _is_peft(model) else model
 
 

@@ -21,9 +21,11 @@ from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, sa
 from quill.errors import RunError
 from quill.files import atomic_write_text
 from quill.models.precision import resolve_precision
+from quill.models.quantize import require_quantization
 from quill.run import RunFolder
 from quill.train.batches import build_loader, encode_stage_split, pad_id_of
 from quill.train.dpo import DPOLoss, cached_reference_logps, reference_logps
+from quill.train.fastpaths import release_freed_memory
 from quill.train.loop import StageInputs, fit
 from quill.train.samples import eval_samples, sample_prompts
 
@@ -65,6 +67,7 @@ def run_demo(config=None, overrides=None, run_dir="runs/demo") -> Path:
 def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, base_dir: Path | None = None,
           demo: bool = False) -> Path:
     from quill import models
+    require_quantization(cfg.stages)  # adapter.quantize without bitsandbytes: a one-line error before anything
     run = RunFolder(run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0 and not resume and run.path.exists() and any(run.path.iterdir()):
@@ -145,6 +148,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     torch.manual_seed(tc.seed)
     if not continuing:
         model = models.apply_adapter(model, stage.adapter)
+        release_freed_memory(accelerator.device)  # QLoRA: the full-precision weights it quantised go back now
     kind, dpo = prepared.kind, stage.dpo if stage.kind == "dpo" else None
     train_enc = encode_stage_split(kind, prepared.splits["train"], tokenizer, template, tc, dpo)
     if not train_enc.sequences:
