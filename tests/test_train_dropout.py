@@ -23,6 +23,29 @@ def test_mask_drops_p_of_the_elements_independently_per_seed():
     assert (~a).float().mean(0).std().item() < 0.02 and (~a).float().mean(1).std().item() < 0.02
 
 
+def _unsigned_hash_mask(shape, seed, p):
+    """The mask's definition on unsigned 32-bit integers, computed in int64 where nothing wraps."""
+    m32 = 0xFFFFFFFF
+
+    def mix(h):
+        h = ((h >> 16) ^ h) * 0x45D9F3B & m32
+        h = ((h >> 16) ^ h) * 0x45D9F3B & m32
+        return (h >> 16) ^ h
+    idx = torch.arange(shape.numel(), dtype=torch.int64).view(shape)
+    h = mix(mix((idx + seed[0]) & m32) ^ seed[1])
+    return (h & ((1 << 24) - 1)) >= int(round(p * (1 << 24)))
+
+
+@pytest.mark.parametrize("seed", [(11, 22), (2**31 - 2, 2**31 - 3), (2**31 - 10, 5)])  # the last two wrap int32
+def test_int32_mask_is_the_unsigned_32_bit_hash(seed):
+    shape, p = torch.Size([257, 300]), 0.05
+    seed = torch.tensor(seed)
+    want = _unsigned_hash_mask(shape, seed, p)
+    assert torch.equal(keep_mask(shape, seed, p, torch.device("cpu")), want)
+    compiled = torch.compile(keep_mask)  # inductor's vectorised int32 loop wraps the same way
+    assert torch.equal(compiled(shape, seed, p, torch.device("cpu")), want)
+
+
 def test_kept_elements_are_scaled_and_dropped_ones_are_zero():
     x = torch.randn(64, 32)
     y = hashed_dropout(x, torch.tensor([3, 4]), 0.25)

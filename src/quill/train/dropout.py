@@ -20,21 +20,30 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-_M32 = 0xFFFFFFFF
+_LOW16 = 0xFFFF
+_K = 0x45D9F3B
 _BITS = 24
 
 
 def _mix(h: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (two multiply-xorshift rounds), in int64 so no product overflows."""
-    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
-    h = ((h >> 16) ^ h) * 0x45D9F3B & _M32
-    return (h >> 16) ^ h
+    """A 32-bit integer hash (two multiply-xorshift rounds) on int32: products wrap modulo 2**32 and each
+    ``>> 16`` is masked to a logical shift, so the bits are those of the same hash on unsigned 32-bit
+    integers. int32 rather than int64 because CPUs without AVX-512 have no 64-bit vector multiply: on an AVX2
+    EPYC the int64 version's emulated products were ~12% of a training step (docs/PERFORMANCE.md)."""
+    h = (((h >> 16) & _LOW16) ^ h) * _K
+    h = (((h >> 16) & _LOW16) ^ h) * _K
+    return ((h >> 16) & _LOW16) ^ h
 
 
 def keep_mask(shape: torch.Size, seed: torch.Tensor, p: float, device: torch.device) -> torch.Tensor:
-    """Bool mask of ``shape`` keeping each element with probability 1-p, a function of (index, seed)."""
-    idx = torch.arange(shape.numel(), device=device, dtype=torch.int64).view(shape)
-    h = _mix(_mix((idx + seed[0]) & _M32) ^ seed[1])
+    """Bool mask of ``shape`` keeping each element with probability 1-p, a function of (index, seed).
+
+    The index wraps modulo 2**32 (int32 arithmetic), so a tensor of more than 2**32 elements would repeat
+    its mask; far above any activation quill drops out."""
+    n = shape.numel()
+    idx = torch.arange(n, device=device, dtype=torch.int32 if n < 2**31 else torch.int64).to(torch.int32).view(shape)
+    seed = seed.to(torch.int32)
+    h = _mix(_mix(idx + seed[0]) ^ seed[1])
     return (h & ((1 << _BITS) - 1)) >= int(round(p * (1 << _BITS)))
 
 
