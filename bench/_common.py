@@ -65,10 +65,10 @@ def machine_info() -> dict:
     except (ValueError, OSError):
         pass
     info = {"cpu": cpu, "cores": os.cpu_count(), "ram_gb": ram, "python": platform.python_version(),
-            "cpu_bf16": [f for f in ("avx512_bf16", "amx_bf16", "avx512_fp16") if f in flags.split()],
             # the vector and matrix extensions that decide a CPU's GEMM rate (the full list is in /proc/cpuinfo)
-            "cpu_flags": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
-                                      "amx_bf16") if f in flags.split()]}
+            "cpu_flags": [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+                                      "amx_tile", "amx_bf16") if f in flags.split()]}
+    info["cpu_bf16"] = [f for f in info["cpu_flags"] if f in ("avx512_bf16", "amx_bf16", "avx512_fp16")]
     try:
         import torch
         info["torch_threads"] = torch.get_num_threads()

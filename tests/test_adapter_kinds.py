@@ -68,6 +68,10 @@ def test_rslora_scales_by_the_square_root_of_the_rank(tiny_llama):
     ({"init": "pissa", "merge": False}, "needs merge: true"),
     ({"method": "qlora"}, "method"),
     ({"init": "eva"}, "init"),
+    ({"method": "full", "quantize": "nf4"}, "quantize.*not with method: full"),   # QLoRA (tests/test_qlora.py)
+    ({"init": "pissa", "quantize": "int8"}, "quantize: not with init: pissa"),
+    ({"merge": False, "quantize": "nf4"}, "quantize needs merge: true"),
+    ({"quantize": "fp4"}, "quantize"),
 ])
 def test_bad_adapter_combinations_name_the_key(adapter, message):
     raw = {"stages": [{"name": "sft", "kind": "sft", "data": {"source": "x.jsonl"}, "adapter": adapter}]}

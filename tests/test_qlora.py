@@ -2,7 +2,7 @@
 output layer and embeddings stay as they were), only the adapter trains, the adapter reloads onto a
 re-quantised base to the same outputs, and merging gives a plain full-precision model (the de-quantised base
 plus the adapter) that transformers loads without bitsandbytes. Bad combinations are config errors naming the
-keys; without bitsandbytes a run stops before it starts, naming ``adapter.quantize`` and the install command."""
+keys (tests/test_adapter_kinds.py); without bitsandbytes a run stops before it starts, naming ``adapter.quantize`` and the install command."""
 from __future__ import annotations
 
 import copy
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from quill.config import AdapterConfig, ConfigError, load_config, validate
+from quill.config import AdapterConfig, ConfigError, load_config
 from quill.models import apply_adapter, load_adapter, merge_adapter, save_adapter
 from quill.models.adapters import _linear_modules
 
@@ -161,19 +161,6 @@ def test_a_qlora_run_trains_saves_and_its_merged_model_loads_without_bitsandbyte
             "print(bool(m(torch.tensor([[5, 17, 300]])).logits.isfinite().all()))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("True"), out.stderr[-2000:]
-
-
-@pytest.mark.parametrize("adapter,message", [
-    ({"method": "full", "quantize": "nf4"}, "quantize.*not with method: full"),
-    ({"init": "pissa", "quantize": "int8"}, "quantize: not with init: pissa"),
-    ({"merge": False, "quantize": "nf4"}, "quantize needs merge: true"),
-    ({"quantize": "fp4"}, "quantize"),
-])
-def test_bad_quantize_combinations_name_the_keys(adapter, message):
-    raw = {"stages": [{"name": "sft", "kind": "sft", "data": {"source": "x.jsonl"}, "adapter": adapter}]}
-    with pytest.raises(ConfigError, match=message) as err:
-        validate(raw)
-    assert "adapter" in str(err.value)
 
 
 def test_quantize_without_bitsandbytes_stops_the_run_before_it_starts(monkeypatch, tmp_path):
