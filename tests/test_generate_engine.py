@@ -5,6 +5,8 @@ import threading
 
 import pytest
 import torch
+from transformers import LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from quill.decoding.engine import Engine, PromptTooLong
 from quill.decoding.sampling import SamplingError, SamplingParams, apply_repetition_penalty, sample_next
@@ -25,9 +27,25 @@ def engine(tiny_llama):
     return make_engine(tiny_llama)
 
 
-def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0) -> list[int]:
+class PenaltyExcept(LogitsProcessor):
+    """transformers' repetition penalty, with the ``free`` tokens' logits put back as they were."""
+
+    def __init__(self, penalty: float, free):
+        self.rule, self.free = RepetitionPenaltyLogitsProcessor(penalty), torch.tensor(sorted(free))
+
+    def __call__(self, input_ids, scores):
+        kept = scores[:, self.free].clone()
+        scores = self.rule(input_ids, scores)
+        scores[:, self.free] = kept
+        return scores
+
+
+def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0, free=()) -> list[int]:
+    """transformers' greedy decode; with ``free``, its repetition penalty leaves those tokens alone."""
+    rule = dict(logits_processor=LogitsProcessorList([PenaltyExcept(penalty, free)])) if free else \
+        dict(repetition_penalty=penalty)
     out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                                repetition_penalty=penalty, pad_token_id=engine.pad_id)
+                                pad_token_id=engine.pad_id, **rule)
     return out[0, len(ids):].tolist()
 
 
@@ -35,7 +53,7 @@ def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0) -> l
 def test_greedy_matches_transformers_generate(engine, penalty):
     ids = engine.chat_prompt(MSG)
     ours = engine.generate(ids, engine.params(temperature=0, repetition_penalty=penalty, max_new_tokens=12))
-    theirs = hf_greedy(engine, ids, 12, penalty)
+    theirs = hf_greedy(engine, ids, 12, penalty, free=engine.unpenalized if penalty != 1.0 else ())
     stop = next((i for i, t in enumerate(theirs) if t in engine.stop_ids), len(theirs))
     assert ours.token_ids == theirs[:stop]
 

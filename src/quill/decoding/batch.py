@@ -75,8 +75,10 @@ class _Context:
     """What the per-row step needs besides the row: the tokenizer's vocabulary facts, the mask, the stops."""
 
     def __init__(self, tokenizer, vocab: Vocabulary | None, stop_ids: set[int], mask: torch.Tensor,
-                 seen: torch.Tensor):
+                 seen: torch.Tensor, unpenalized: frozenset[int]):
         self.tokenizer, self.vocab, self.stop_ids, self.mask, self.seen = tokenizer, vocab, stop_ids, mask, seen
+        self.unpenalized = unpenalized                 # never marked seen (sampling.unpenalized_ids)
+        self.unpenalized_t = torch.tensor(sorted(unpenalized), dtype=torch.long)
         self.accepted: list[tuple[int, str]] = []     # (row, line) accepted in this step
 
     def decode(self, ids: list[int]) -> str:
@@ -85,11 +87,13 @@ class _Context:
 
 def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_ids: set[int], vocab_size: int,
                  vocab: Callable[[], Vocabulary], device, cancel: Callable[[], bool] = lambda: False,
-                 slots: int | None = None) -> Iterator[tuple[int, str | None]]:
+                 slots: int | None = None,
+                 unpenalized: frozenset[int] = frozenset()) -> Iterator[tuple[int, str | None]]:
     """Decode every row to its end, ``slots`` rows at a time (all at once by default): when a row ends, the next
     waiting one is prefilled into its slot (continuous batching), so a long poem does not hold a batch of
-    finished ones. Yields (row, line) as form rows accept lines and (row, None) as each row ends; returns
-    the seconds taken (``StopIteration.value``). Results are left on the rows."""
+    finished ones. ``unpenalized``: tokens the repetition penalty leaves alone. Yields (row, line) as form
+    rows accept lines and (row, None) as each row ends; returns the seconds taken (``StopIteration.value``).
+    Results are left on the rows."""
     start = time.perf_counter()
     cache = decode_cache(model)
     # rows change hands only in a cache of plain full-attention layers; any other model decodes all at once
@@ -100,7 +104,8 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
     cap = width + sum(r.budget * ((r.params.retries + 1) if r.form else 1) + 2 for r in rows)
     mask_buf = torch.zeros((n, width + 64), dtype=torch.long)   # on the CPU (rows edit single entries of it)
     seen = torch.zeros(n, vocab_size, dtype=torch.bool)
-    ctx = _Context(tokenizer, vocab() if any(r.form for r in rows) else None, stop_ids, mask_buf, seen)
+    ctx = _Context(tokenizer, vocab() if any(r.form for r in rows) else None, stop_ids, mask_buf, seen,
+                   unpenalized)
     penalty = torch.ones(n, 1)
     penalized = any(r.params.repetition_penalty != 1.0 for r in rows)
     col = width
@@ -143,7 +148,8 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
                 if token is not None:
                     feed[s] = token
                     ctx.mask[s, col] = 1
-                    seen[s, token] = True
+                    if token not in ctx.unpenalized:
+                        seen[s, token] = True
             for s, line in ctx.accepted:
                 yield live[s], line
             ctx.accepted.clear()
@@ -225,6 +231,7 @@ def _join(model, cache, ctx: _Context, rows: list[BatchRow], live: list[int], jo
         ctx.mask[s, end - w:end] = mask[j]
         ctx.seen[s] = False
         ctx.seen[s, [t for t in r.prompt if t < vocab_size]] = True
+        ctx.seen[s, ctx.unpenalized_t[ctx.unpenalized_t < vocab_size]] = False
         logits[s] = new_logits[j]
         penalty[s, 0] = r.params.repetition_penalty
         r.pos = len(r.prompt)
@@ -264,7 +271,7 @@ def _advance(r: BatchRow, i: int, t: int, col: int, ctx: _Context) -> int | None
         for c in tr.cols:
             ctx.mask[i, c] = int(tr is kept)
     seen_row = r.line_start[2].clone()
-    seen_row[[x for x in kept.ids if x < seen_row.shape[0]]] = True
+    seen_row[[x for x in kept.ids if x < seen_row.shape[0] and x not in ctx.unpenalized]] = True
     ctx.seen[i] = seen_row
     r.pos = r.line_start[1] + len(kept.ids)
     ctx.accepted.append((i, kept.text.strip()))

@@ -28,7 +28,7 @@ from quill.decoding.fast import inference_dtype, make_decoder, quantize_int8
 from quill.decoding.lines import Vocabulary
 from quill.decoding.llamacpp import check_backend, pick_decoder
 from quill.decoding.results import Cancel, GenerationResult, GenerationStream, cancelled
-from quill.decoding.sampling import SamplingParams, make_generator, sample_next
+from quill.decoding.sampling import SamplingParams, make_generator, sample_next, unpenalized_ids
 from quill.decoding.text import Detokenizer, StopText
 from quill.errors import QuillError
 from quill.models import load_for_inference
@@ -53,6 +53,7 @@ class Engine:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         self.decoder = decoder if decoder is not None else make_decoder(model, self.context_length, fast)
         self._vocabulary: Vocabulary | None = None
+        self.unpenalized = unpenalized_ids(self.stop_ids)   # left alone by the repetition penalty
 
     @classmethod
     def load(cls, spec: str, name: str | None = None, dtype: Any = "auto", fast: str | bool = "auto",
@@ -124,7 +125,7 @@ class Engine:
         result = GenerationResult("", [], len(prompt_ids))
         gen = make_generator(params.seed)
         penalize = params.repetition_penalty != 1.0
-        seen_ids = {t for t in prompt_ids if t < self.vocab}
+        seen_ids = {t for t in prompt_ids if t < self.vocab and t not in self.unpenalized}
         seen = torch.tensor(sorted(seen_ids), device=self.device) if penalize else None
         text = StopText(params.stop)
         with torch.inference_mode():
@@ -137,7 +138,7 @@ class Engine:
                     result.finish_reason = "stop"
                     break
                 result.token_ids.append(token)
-                if penalize and token not in seen_ids:
+                if penalize and token not in seen_ids and token not in self.unpenalized:
                     seen_ids.add(token)
                     seen = torch.tensor(sorted(seen_ids), device=self.device)
                 delta = text.push(detok.push(token))
@@ -186,7 +187,7 @@ class Engine:
         row ends, after calling ``progress`` with its new-token count); returns the results."""
         events = decode_batch(self.model, self.tokenizer, rows, pad_id=self.pad_id, stop_ids=self.stop_ids,
                               vocab_size=self.vocab, vocab=self.vocabulary, device=self.device,
-                              cancel=lambda: cancelled(cancel), slots=slots)
+                              cancel=lambda: cancelled(cancel), slots=slots, unpenalized=self.unpenalized)
         while True:
             try:
                 row, line = next(events)
