@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from quill.decoding.engine import Engine
 import quill.decoding.lines as lines_mod
@@ -189,16 +190,15 @@ def test_bad_form_settings_name_the_field(tiny_llama, field, value):
 def _greedy_oracle(e: Engine, ids: list[int], n: int, penalty: float, free: frozenset[int]) -> list[int]:
     """Greedy decode by full forwards (no cache) with transformers' repetition-penalty processor, the ``free``
     tokens' logits put back as they were: what quill's rule should be, computed without quill's loop."""
-    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
-    rule, free_t, out = RepetitionPenaltyLogitsProcessor(penalty), torch.tensor(sorted(free), dtype=torch.long), list(ids)
+    rule, free_t, out = RepetitionPenaltyLogitsProcessor(penalty), torch.tensor(sorted(free), dtype=torch.long), \
+        list(ids)
     with torch.no_grad():
         for _ in range(n):
             x = torch.tensor([out])
             logits = e.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[:, -1].float()
             kept = logits[:, free_t].clone()
             logits = rule(x, logits)
-            if len(free):
-                logits[:, free_t] = kept
+            logits[:, free_t] = kept
             t = int(logits.argmax(-1))
             if t in e.stop_ids:
                 break

@@ -78,7 +78,6 @@ class _Context:
                  seen: torch.Tensor, unpenalized: frozenset[int]):
         self.tokenizer, self.vocab, self.stop_ids, self.mask, self.seen = tokenizer, vocab, stop_ids, mask, seen
         self.unpenalized = unpenalized                 # never marked seen (sampling.unpenalized_ids)
-        self.unpenalized_t = torch.tensor(sorted(unpenalized), dtype=torch.long)
         self.accepted: list[tuple[int, str]] = []     # (row, line) accepted in this step
 
     def decode(self, ids: list[int]) -> str:
@@ -148,8 +147,7 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
                 if token is not None:
                     feed[s] = token
                     ctx.mask[s, col] = 1
-                    if token not in ctx.unpenalized:
-                        seen[s, token] = True
+                    seen[s, token] = True
             for s, line in ctx.accepted:
                 yield live[s], line
             ctx.accepted.clear()
@@ -230,8 +228,8 @@ def _join(model, cache, ctx: _Context, rows: list[BatchRow], live: list[int], jo
         ctx.mask[s, :end] = 0
         ctx.mask[s, end - w:end] = mask[j]
         ctx.seen[s] = False
-        ctx.seen[s, [t for t in r.prompt if t < vocab_size]] = True
-        ctx.seen[s, ctx.unpenalized_t[ctx.unpenalized_t < vocab_size]] = False
+        # only the prompt can hold an unpenalized (stop) token: a sampled stop ends its row unfed
+        ctx.seen[s, [t for t in r.prompt if t < vocab_size and t not in ctx.unpenalized]] = True
         logits[s] = new_logits[j]
         penalty[s, 0] = r.params.repetition_penalty
         r.pos = len(r.prompt)
@@ -271,7 +269,7 @@ def _advance(r: BatchRow, i: int, t: int, col: int, ctx: _Context) -> int | None
         for c in tr.cols:
             ctx.mask[i, c] = int(tr is kept)
     seen_row = r.line_start[2].clone()
-    seen_row[[x for x in kept.ids if x < seen_row.shape[0] and x not in ctx.unpenalized]] = True
+    seen_row[[x for x in kept.ids if x < seen_row.shape[0]]] = True
     ctx.seen[i] = seen_row
     r.pos = r.line_start[1] + len(kept.ids)
     ctx.accepted.append((i, kept.text.strip()))

@@ -125,6 +125,7 @@ class Engine:
         result = GenerationResult("", [], len(prompt_ids))
         gen = make_generator(params.seed)
         penalize = params.repetition_penalty != 1.0
+        # only the prompt can hold an unpenalized (stop) token: a sampled one ends the answer below
         seen_ids = {t for t in prompt_ids if t < self.vocab and t not in self.unpenalized}
         seen = torch.tensor(sorted(seen_ids), device=self.device) if penalize else None
         text = StopText(params.stop)
@@ -138,7 +139,7 @@ class Engine:
                     result.finish_reason = "stop"
                     break
                 result.token_ids.append(token)
-                if penalize and token not in seen_ids and token not in self.unpenalized:
+                if penalize and token not in seen_ids:
                     seen_ids.add(token)
                     seen = torch.tensor(sorted(seen_ids), device=self.device)
                 delta = text.push(detok.push(token))
