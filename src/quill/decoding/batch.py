@@ -147,7 +147,8 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
                 if token is not None:
                     feed[s] = token
                     ctx.mask[s, col] = 1
-                    seen[s, token] = True
+                    if token not in ctx.unpenalized:     # a form row's last line may end on a fed stop
+                        seen[s, token] = True
             for s, line in ctx.accepted:
                 yield live[s], line
             ctx.accepted.clear()
@@ -228,7 +229,6 @@ def _join(model, cache, ctx: _Context, rows: list[BatchRow], live: list[int], jo
         ctx.mask[s, :end] = 0
         ctx.mask[s, end - w:end] = mask[j]
         ctx.seen[s] = False
-        # only the prompt can hold an unpenalized (stop) token: a sampled stop ends its row unfed
         ctx.seen[s, [t for t in r.prompt if t < vocab_size and t not in ctx.unpenalized]] = True
         logits[s] = new_logits[j]
         penalty[s, 0] = r.params.repetition_penalty
