@@ -7,7 +7,6 @@ machine pays once, later runs read a small Parquet file. The cache logic is test
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 

@@ -226,7 +226,7 @@ def test_export_ollama_writes_gguf_and_modelfile(tmp_path, checkpoint, capsys):
     text = (out / "Modelfile").read_text()
     assert "FROM ./my-poet-q8_0.gguf" in text and "PARAMETER temperature 0.8" in text
     assert "PARAMETER num_predict 64" in text
-    assert f"ollama create my-poet -f Modelfile" in printed and " MB" in printed
+    assert "ollama create my-poet -f Modelfile" in printed and " MB" in printed
     assert _gguf_fields(gguf)["tokenizer.chat_template"] == PromptTemplate.load(checkpoint).jinja_source()
 
 

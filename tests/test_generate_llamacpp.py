@@ -13,7 +13,7 @@ from quill.decoding import llamacpp
 from quill.decoding.engine import Engine
 from quill.decoding.sampling import candidates
 from quill.errors import ModelError
-from quill.models import gguf_export
+from quill.models import gguf_export, gguf_vocab
 
 PROMPTS = ["The sea is blue, the sky is red", "Write a poem about the night.\nThe moon", "Ah, love — 😶 ünïcode"]
 LINES = ["Shall I compare thee to a summer's day?", "  Thou art more lovely\tand more temperate:\n\n",
@@ -151,7 +151,7 @@ def test_export_refuses_unknown_tokenizers_and_architectures(tiny_llama):
         def encode(self, text):
             return [1, 2, 3]
     with pytest.raises(ModelError, match="my-poet: its tokenizer"):
-        gguf_export.tokenizer_pre(OddTokenizer(), "my-poet")
+        gguf_vocab.tokenizer_pre(OddTokenizer(), "my-poet")
     model, tokenizer, _ = tiny_llama
 
     class Bert:

@@ -13,7 +13,6 @@ import json
 import os
 import random
 import statistics
-import threading
 import time
 from pathlib import Path
 

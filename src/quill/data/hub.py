@@ -12,7 +12,6 @@ the splits in proportion to their sizes so a quick run still has val/test rows.
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 from collections import Counter
 from pathlib import Path

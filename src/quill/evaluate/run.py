@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from quill import __version__
+from quill import __version__, models
 from quill.config import EvalConfig, PipelineConfig, load_config
 from quill.data.preferences import preference_to_instruction
 from quill.errors import QuillError
@@ -48,7 +48,6 @@ class EvalError(QuillError):
 
 def model_loaders(run: RunFolder | Path, cfg: PipelineConfig, stages: list[str]) -> list[tuple[str, Callable]]:
     """(name, load) for base and every stage with a saved model; load() -> (model, tokenizer, template)."""
-    from quill import models
     run = RunFolder(run)
     out: list[tuple[str, Callable]] = [("base", lambda: models.load_base(cfg.model)[:3])]
     for stage in stages:

@@ -17,7 +17,6 @@ import contextlib
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Callable

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from quill.config import GenerationConfig
+from quill.errors import ModelError
 from quill.files import atomic_dir
 from quill.models.precision import resolve_dtype
 
@@ -76,7 +77,6 @@ def save_model(folder: str | Path, model, tokenizer, template, generation: Gener
                dtype: Any = None) -> Path:
     """Atomically write a complete checkpoint (see the module docstring). Pass a plain model
     (``merge_adapter`` first): a PeftModel here is an error rather than a silent adapter-only save."""
-    from quill.errors import ModelError
     if hasattr(model, "peft_config"):
         raise ModelError("save_model needs a plain model: merge_adapter() first, or save_adapter() the adapter")
     original = model.dtype

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from quill import models
 from quill.config import PipelineConfig, dump_config, load_config, packaged_config, config_base_dir
 from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, save_prepared
 from quill.errors import RunError
@@ -66,7 +67,6 @@ def run_demo(config=None, overrides=None, run_dir="runs/demo") -> Path:
 
 def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, base_dir: Path | None = None,
           demo: bool = False) -> Path:
-    from quill import models
     require_quantization(cfg.stages)  # adapter.quantize without bitsandbytes: a one-line error before anything
     run = RunFolder(run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -97,10 +97,10 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
         for i, stage in enumerate(cfg.stages):
             done = summary["stages"].get(stage.name, {}).get("complete")
             if done:
-                model, continuing = _restore_after(run, stage, model, models)
+                model, continuing = _restore_after(run, stage, model)
                 continue
             model, continuing, result = _run_stage(cfg, stage, model, tokenizer, template, prepared[stage.name],
-                                                   accelerator, run, resume, continuing, models)
+                                                   accelerator, run, resume, continuing)
             summary["stages"][stage.name] = result
             if main:
                 run.update_summary(**summary)
@@ -140,7 +140,7 @@ def _prepare_all(cfg, run, base_dir, accelerator, resume) -> dict:
     return {stage.name: load_prepared(run.data(stage.name)) for stage in cfg.stages}
 
 
-def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, run, resume, continuing, models):
+def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, run, resume, continuing):
     tc = stage.train
     amp = resolve_precision(tc.precision, accelerator.device)
     # frozen base weights can live in the low precision; trained weights stay fp32 (full fine-tuning: autocast)
@@ -200,7 +200,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     return model, lora and not stage.adapter.merge, result
 
 
-def _restore_after(run, stage, model, models):
+def _restore_after(run, stage, model):
     """On resume: the weights a completed stage left (merged model, or base + its adapter to continue)."""
     if stage.adapter.trains_adapter and not stage.adapter.merge:
         return models.load_adapter(model, run.adapter_dir(stage.name), trainable=True), True
