@@ -27,23 +27,25 @@ def engine(tiny_llama):
     return make_engine(tiny_llama)
 
 
-class PenaltyExcept(LogitsProcessor):
-    """transformers' repetition penalty, with the ``free`` tokens' logits put back as they were."""
+class AnswerPenalty(LogitsProcessor):
+    """transformers' repetition penalty over the generated tokens only (from ``prompt_len`` on), with the
+    ``free`` tokens' logits put back as they were: quill's rule, built from transformers' processor."""
 
-    def __init__(self, penalty: float, free):
-        self.rule, self.free = RepetitionPenaltyLogitsProcessor(penalty), torch.tensor(sorted(free))
+    def __init__(self, penalty: float, prompt_len: int, free):
+        self.rule, self.prompt_len = RepetitionPenaltyLogitsProcessor(penalty), prompt_len
+        self.free = torch.tensor(sorted(free), dtype=torch.long)
 
     def __call__(self, input_ids, scores):
         kept = scores[:, self.free].clone()
-        scores = self.rule(input_ids, scores)
+        scores = self.rule(input_ids[:, self.prompt_len:], scores)
         scores[:, self.free] = kept
         return scores
 
 
 def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0, free=()) -> list[int]:
-    """transformers' greedy decode; with ``free``, its repetition penalty leaves those tokens alone."""
-    rule = dict(logits_processor=LogitsProcessorList([PenaltyExcept(penalty, free)])) if free else \
-        dict(repetition_penalty=penalty)
+    """transformers' greedy decode; with a penalty, it counts the generated tokens only and leaves ``free`` alone."""
+    rule = dict(logits_processor=LogitsProcessorList([AnswerPenalty(penalty, len(ids), free)])) \
+        if penalty != 1.0 else {}
     out = engine.model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=n, min_new_tokens=n,
                                 pad_token_id=engine.pad_id, **rule)
     return out[0, len(ids):].tolist()
@@ -53,7 +55,7 @@ def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0, free
 def test_greedy_matches_transformers_generate(engine, penalty):
     ids = engine.chat_prompt(MSG)
     ours = engine.generate(ids, engine.params(temperature=0, repetition_penalty=penalty, max_new_tokens=12))
-    theirs = hf_greedy(engine, ids, 12, penalty, free=engine.unpenalized if penalty != 1.0 else ())
+    theirs = hf_greedy(engine, ids, 12, penalty, free=engine.unpenalized)
     stop = next((i for i, t in enumerate(theirs) if t in engine.stop_ids), len(theirs))
     assert ours.token_ids == theirs[:stop]
 

@@ -187,9 +187,11 @@ def test_bad_form_settings_name_the_field(tiny_llama, field, value):
     assert err.value.param == field
 
 
-def _greedy_oracle(e: Engine, ids: list[int], n: int, penalty: float, free: frozenset[int]) -> list[int]:
-    """Greedy decode by full forwards (no cache) with transformers' repetition-penalty processor, the ``free``
-    tokens' logits put back as they were: what quill's rule should be, computed without quill's loop."""
+def _greedy_oracle(e: Engine, ids: list[int], n: int, penalty: float, free: frozenset[int],
+                   count_prompt: bool = False) -> list[int]:
+    """Greedy decode by full forwards (no cache) with transformers' repetition-penalty processor over the
+    generated tokens (the whole context with ``count_prompt``: transformers' own rule), the ``free`` tokens'
+    logits put back as they were: what quill's rule should be, computed without quill's loop."""
     rule, free_t, out = RepetitionPenaltyLogitsProcessor(penalty), torch.tensor(sorted(free), dtype=torch.long), \
         list(ids)
     with torch.no_grad():
@@ -197,7 +199,7 @@ def _greedy_oracle(e: Engine, ids: list[int], n: int, penalty: float, free: froz
             x = torch.tensor([out])
             logits = e.model(input_ids=x, attention_mask=torch.ones_like(x)).logits[:, -1].float()
             kept = logits[:, free_t].clone()
-            logits = rule(x, logits)
+            logits = rule(x if count_prompt else x[:, len(ids):], logits)
             logits[:, free_t] = kept
             t = int(logits.argmax(-1))
             if t in e.stop_ids:
@@ -206,21 +208,23 @@ def _greedy_oracle(e: Engine, ids: list[int], n: int, penalty: float, free: froz
     return out[len(ids):]
 
 
-def test_repetition_penalty_leaves_the_stop_tokens_alone(tiny_llama):
-    """A chat prompt holds the end-of-turn token of every turn before the answer: transformers' rule, which
-    penalises every token of the context, would make the answer's own end less likely from its first token.
-    A model that wants to stop once its few likely words are used: with the penalty, batch 1 and batched
-    rows decode as the oracle with the stop tokens exempt does (and stop), unlike the plain rule."""
+def test_repetition_penalty_counts_the_answer_not_the_prompt(tiny_llama):
+    """transformers' rule penalises every token of the context: the words a request names ("a poem about the
+    night") and the end-of-turn token of every earlier turn become less likely from the answer's first token.
+    quill's counts the answer's own tokens only. A model whose few likely words are the prompt's own, and
+    that wants to stop once they are used: batch 1 and batched rows decode as the answer-only oracle does
+    (and stop), unlike transformers' rule."""
     e = biased_engine(tiny_llama, {w: 12.0 for w in WORDS}, eos=9.0)
     assert e.unpenalized == e.stop_ids
     ids = e.chat_prompt([{"role": "user", "content": "Write a poem about the night"},
                          {"role": "assistant", "content": "The night"},
-                         {"role": "user", "content": "Another one"}])
+                         {"role": "user", "content": "Another one about the sea and the light"}])
     assert set(ids) & e.stop_ids                          # the finished turn's end-of-turn token
     p = e.params(temperature=0, repetition_penalty=3.0, max_new_tokens=24)
-    exempt = _greedy_oracle(e, ids, 24, 3.0, e.unpenalized)
-    plain = _greedy_oracle(e, ids, 24, 3.0, frozenset())
-    assert exempt != plain                                # the oracle tells the two rules apart
+    answer_only = _greedy_oracle(e, ids, 24, 3.0, e.unpenalized)
+    whole = _greedy_oracle(e, ids, 24, 3.0, e.unpenalized, count_prompt=True)
+    assert answer_only != whole                           # the oracle tells the two rules apart
     single = e.generate(ids, p)
-    assert single.token_ids == exempt and single.finish_reason == "stop"
-    assert e.generate_batch([ids, prompt(e, "Night")], p)[0].token_ids == exempt
+    assert single.token_ids == answer_only and single.finish_reason == "stop"
+    assert e.generate_batch([ids, prompt(e, "Night")], p)[0].token_ids == answer_only
+    assert e.generate_batch([prompt(e, "Night"), ids], p)[1].token_ids == answer_only

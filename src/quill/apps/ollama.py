@@ -87,7 +87,9 @@ def _quote(value: str) -> str:
 
 def modelfile(gguf_name: str, template: PromptTemplate, tokenizer, generation: dict) -> str:
     """The Modelfile text: ``FROM`` the GGUF beside it, the ``TEMPLATE``, a ``PARAMETER stop`` per stop token
-    and the checkpoint's sampling settings (quill's repetition penalty covers the whole context: -1)."""
+    and the checkpoint's sampling settings. Ollama's repeat penalty cannot leave the prompt out as quill's
+    does (``quill.decoding.sampling.apply_repetition_penalty``); ``repeat_last_n -1`` applies it to the whole
+    context, as transformers does."""
     go = go_template(template)
     if '"""' in go:
         raise TemplateNotTranslatable('the chat template contains """, which a Modelfile cannot quote')

@@ -26,8 +26,8 @@ class GenerationConfig(_Strict):
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling: keep the most likely tokens holding this "
                          "share of the probability (1: off)")
     top_k: int = Field(0, ge=0, description="keep only the k most likely tokens (0: off)")
-    repetition_penalty: float = Field(1.1, gt=0, le=10, description="> 1 makes tokens already seen (prompt "
-                                      "included) less likely (1: off)")
+    repetition_penalty: float = Field(1.1, gt=0, le=10, description="> 1 makes tokens the answer already "
+                                      "used less likely (the prompt's are not counted; 1: off)")
     max_new_tokens: int = Field(160, ge=1, le=1 << 20, description="most tokens in one answer")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="random seed: the same seed gives the same poem (a "
                       "request or a chat without one draws a fresh seed)")

@@ -223,13 +223,11 @@ def _join(model, cache, ctx: _Context, rows: list[BatchRow], live: list[int], jo
             place(cache, joining, target, end)
         new_logits = out.logits[:, -1].float().cpu()
     w = mask.shape[1]
-    vocab_size = ctx.seen.shape[1]
     for j, s in enumerate(joining):
         r = rows[live[s]]
         ctx.mask[s, :end] = 0
         ctx.mask[s, end - w:end] = mask[j]
-        ctx.seen[s] = False
-        ctx.seen[s, [t for t in r.prompt if t < vocab_size and t not in ctx.unpenalized]] = True
+        ctx.seen[s] = False                  # the penalty counts the answer's tokens, not the prompt's
         logits[s] = new_logits[j]
         penalty[s, 0] = r.params.repetition_penalty
         r.pos = len(r.prompt)

@@ -125,9 +125,10 @@ class Engine:
         result = GenerationResult("", [], len(prompt_ids))
         gen = make_generator(params.seed)
         penalize = params.repetition_penalty != 1.0
-        # only the prompt can hold an unpenalized (stop) token: a sampled one ends the answer below
-        seen_ids = {t for t in prompt_ids if t < self.vocab and t not in self.unpenalized}
-        seen = torch.tensor(sorted(seen_ids), device=self.device) if penalize else None
+        # the penalty counts the answer's own tokens, not the prompt's (sampling.apply_repetition_penalty);
+        # a sampled stop token ends the answer below, so it is never counted either
+        seen_ids: set[int] = set()
+        seen = torch.tensor([], dtype=torch.long, device=self.device) if penalize else None
         text = StopText(params.stop)
         with torch.inference_mode():
             logits = self.decoder.prefill(torch.tensor([prompt_ids], device=self.device), len(prompt_ids) + budget)
@@ -141,7 +142,7 @@ class Engine:
                 result.token_ids.append(token)
                 if penalize and token not in seen_ids:
                     seen_ids.add(token)
-                    seen = torch.tensor(sorted(seen_ids), device=self.device)
+                    seen = torch.tensor(sorted(seen_ids), dtype=torch.long, device=self.device)
                 delta = text.push(detok.push(token))
                 if delta:
                     yield delta
