@@ -67,3 +67,41 @@ def test_no_module_over_300_lines():
     long = [f"{p.relative_to(SRC)}: {n}" for p in sorted(SRC.rglob("*.py"))
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 300]
     assert not long, "modules over 300 lines:\n" + "\n".join(long)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the quill modules it imports at its top level (``from quill.x import y`` counts ``quill.x.y``
+    when that is a module)."""
+    mods = {}
+    for p in SRC.rglob("*.py"):
+        name = ".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
+        mods[name] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for node in ast.parse(p.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("quill"):
+                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {t for t in targets if t in mods and t != m}
+    return graph
+
+
+def test_no_import_cycle():
+    graph, state, cycles = _module_graph(), {}, []
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(" -> ".join(path[path.index(n):] + [m, n]) if n in path else f"{m} -> {n}")
+            elif n not in state:
+                visit(n, path + [m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
