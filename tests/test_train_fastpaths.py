@@ -76,7 +76,7 @@ def test_compiled_blocks_train_like_eager_and_are_removed_after():
         model.zero_grad()
         s, n = loss(**batch)
         (s / n).backward()
-        return float(s), [p.grad.clone() for p in model.parameters()]
+        return float(s.detach()), [p.grad.clone() for p in model.parameters()]
 
     eager_loss, eager_grads = grads()
     assert compile_blocks(model) == 2 and isinstance(blocks[0].forward, _TrainingOnly)
