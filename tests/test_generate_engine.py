@@ -55,7 +55,7 @@ def hf_greedy(engine: Engine, ids: list[int], n: int, penalty: float = 1.0, free
 def test_greedy_matches_transformers_generate(engine, penalty):
     ids = engine.chat_prompt(MSG)
     ours = engine.generate(ids, engine.params(temperature=0, repetition_penalty=penalty, max_new_tokens=12))
-    theirs = hf_greedy(engine, ids, 12, penalty, free=engine.unpenalized)
+    theirs = hf_greedy(engine, ids, 12, penalty, free=engine.stop_ids)
     stop = next((i for i, t in enumerate(theirs) if t in engine.stop_ids), len(theirs))
     assert ours.token_ids == theirs[:stop]
 

@@ -215,14 +215,13 @@ def test_repetition_penalty_counts_the_answer_not_the_prompt(tiny_llama):
     that wants to stop once they are used: batch 1 and batched rows decode as the answer-only oracle does
     (and stop), unlike transformers' rule."""
     e = biased_engine(tiny_llama, {w: 12.0 for w in WORDS}, eos=9.0)
-    assert e.unpenalized == e.stop_ids
     ids = e.chat_prompt([{"role": "user", "content": "Write a poem about the night"},
                          {"role": "assistant", "content": "The night"},
                          {"role": "user", "content": "Another one about the sea and the light"}])
     assert set(ids) & e.stop_ids                          # the finished turn's end-of-turn token
     p = e.params(temperature=0, repetition_penalty=3.0, max_new_tokens=24)
-    answer_only = _greedy_oracle(e, ids, 24, 3.0, e.unpenalized)
-    whole = _greedy_oracle(e, ids, 24, 3.0, e.unpenalized, count_prompt=True)
+    answer_only = _greedy_oracle(e, ids, 24, 3.0, e.stop_ids)
+    whole = _greedy_oracle(e, ids, 24, 3.0, e.stop_ids, count_prompt=True)
     assert answer_only != whole                           # the oracle tells the two rules apart
     single = e.generate(ids, p)
     assert single.token_ids == answer_only and single.finish_reason == "stop"

@@ -9,16 +9,23 @@ LAYERS = {"__init__": 1, "errors": 1, "paths": 1, "files": 1, "network": 1, "con
           "models": 5, "decoding": 6, "train": 7, "evaluate": 8, "apps": 9, "cli": 10}
 
 
-def imported(path: Path) -> list[tuple[int, str]]:
-    """(line, module) of every ``quill.*`` import in the file, function-local ones included."""
-    out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+def imported(path: Path) -> list[tuple[int, str, bool]]:
+    """(line, name, inside a function) of every ``quill.*`` import in the file. ``from quill.x import y``
+    gives ``quill.x`` and ``quill.x.y`` (a module or not: the checks keep the names they know)."""
+    out: list[tuple[int, str, bool]] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] if node.module != "quill" else [f"quill.{a.name}" for a in node.names]
-            out += [(node.lineno, n) for n in names]
+            names = [] if node.module == "quill" else [node.module]
+            out.extend((node.lineno, n, in_function) for n in names + [f"{node.module}.{a.name}" for a in node.names])
         elif isinstance(node, ast.Import):
-            out += [(node.lineno, a.name) for a in node.names]
-    return [(line, name) for line, name in out if name.startswith("quill.")]
+            out.extend((node.lineno, a.name, in_function) for a in node.names)
+        inner = in_function or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        for child in ast.iter_child_nodes(node):
+            visit(child, inner)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")), False)
+    return [(line, name, local) for line, name, local in out if name.startswith("quill.")]
 
 
 def test_every_package_imports_only_layers_below_it():
@@ -29,7 +36,7 @@ def test_every_package_imports_only_layers_below_it():
     for path in files:
         rel = path.relative_to(SRC)
         mine = LAYERS[rel.parts[0].removesuffix(".py")]
-        for line, name in imported(path):
+        for line, name, _ in imported(path):
             target = name.split(".")[1]
             if LAYERS.get(target, 0) > mine:
                 upward.append(f"{rel}:{line}: {name}")
@@ -42,24 +49,11 @@ def test_decoding_is_one_package_and_the_apps_another():
     assert (SRC / "apps" / "web" / "index.html").is_file()
 
 
-def _local_quill_imports(path: Path) -> list[int]:
-    """Lines of ``quill.*`` imports inside a function body (a way to dodge an import cycle)."""
-    out = []
-    for fn in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for node in ast.walk(fn):
-                if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "quill":
-                    out.append(node.lineno)
-                elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "quill" for a in node.names):
-                    out.append(node.lineno)
-    return out
-
-
 def test_no_function_local_quill_import_below_the_cli():
     # cli.py imports each command's module when that command runs (start-up time); below it, every module
     # imports what it needs at the top, so a cycle fails at import time instead of hiding in a function
     local = [f"{p.relative_to(SRC)}:{line}" for p in sorted(SRC.rglob("*.py")) if p.name != "cli.py"
-             for line in _local_quill_imports(p)]
+             for line, _, local in imported(p) if local]
     assert not local, "function-local quill imports:\n" + "\n".join(local)
 
 
@@ -70,23 +64,10 @@ def test_no_module_over_300_lines():
 
 
 def _module_graph() -> dict[str, set[str]]:
-    """Module -> the quill modules it imports at its top level (``from quill.x import y`` counts ``quill.x.y``
-    when that is a module)."""
-    mods = {}
-    for p in SRC.rglob("*.py"):
-        name = ".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__")
-        mods[name] = p
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for m, p in mods.items():
-        for node in ast.parse(p.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("quill"):
-                targets = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            else:
-                continue
-            graph[m] |= {t for t in targets if t in mods and t != m}
-    return graph
+    """Module -> the quill modules it imports outside functions."""
+    mods = {".".join(p.relative_to(SRC.parent).with_suffix("").parts).removesuffix(".__init__"): p
+            for p in SRC.rglob("*.py")}
+    return {m: {n for _, n, local in imported(p) if not local and n in mods and n != m} for m, p in mods.items()}
 
 
 def test_no_import_cycle():

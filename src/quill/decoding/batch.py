@@ -75,9 +75,8 @@ class _Context:
     """What the per-row step needs besides the row: the tokenizer's vocabulary facts, the mask, the stops."""
 
     def __init__(self, tokenizer, vocab: Vocabulary | None, stop_ids: set[int], mask: torch.Tensor,
-                 seen: torch.Tensor, unpenalized: frozenset[int]):
+                 seen: torch.Tensor):
         self.tokenizer, self.vocab, self.stop_ids, self.mask, self.seen = tokenizer, vocab, stop_ids, mask, seen
-        self.unpenalized = unpenalized                 # never marked seen (sampling.unpenalized_ids)
         self.accepted: list[tuple[int, str]] = []     # (row, line) accepted in this step
 
     def decode(self, ids: list[int]) -> str:
@@ -86,13 +85,11 @@ class _Context:
 
 def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_ids: set[int], vocab_size: int,
                  vocab: Callable[[], Vocabulary], device, cancel: Callable[[], bool] = lambda: False,
-                 slots: int | None = None,
-                 unpenalized: frozenset[int] = frozenset()) -> Iterator[tuple[int, str | None]]:
+                 slots: int | None = None) -> Iterator[tuple[int, str | None]]:
     """Decode every row to its end, ``slots`` rows at a time (all at once by default): when a row ends, the next
     waiting one is prefilled into its slot (continuous batching), so a long poem does not hold a batch of
-    finished ones. ``unpenalized``: tokens the repetition penalty leaves alone. Yields (row, line) as form
-    rows accept lines and (row, None) as each row ends; returns the seconds taken (``StopIteration.value``).
-    Results are left on the rows."""
+    finished ones. Yields (row, line) as form rows accept lines and (row, None) as each row ends; returns
+    the seconds taken (``StopIteration.value``). Results are left on the rows."""
     start = time.perf_counter()
     cache = decode_cache(model)
     # rows change hands only in a cache of plain full-attention layers; any other model decodes all at once
@@ -103,8 +100,7 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
     cap = width + sum(r.budget * ((r.params.retries + 1) if r.form else 1) + 2 for r in rows)
     mask_buf = torch.zeros((n, width + 64), dtype=torch.long)   # on the CPU (rows edit single entries of it)
     seen = torch.zeros(n, vocab_size, dtype=torch.bool)
-    ctx = _Context(tokenizer, vocab() if any(r.form for r in rows) else None, stop_ids, mask_buf, seen,
-                   unpenalized)
+    ctx = _Context(tokenizer, vocab() if any(r.form for r in rows) else None, stop_ids, mask_buf, seen)
     penalty = torch.ones(n, 1)
     penalized = any(r.params.repetition_penalty != 1.0 for r in rows)
     col = width
@@ -147,7 +143,7 @@ def decode_batch(model, tokenizer, rows: list[BatchRow], *, pad_id: int, stop_id
                 if token is not None:
                     feed[s] = token
                     ctx.mask[s, col] = 1
-                    if token not in ctx.unpenalized:     # a form row's last line may end on a fed stop
+                    if token not in ctx.stop_ids:        # never penalised (apply_repetition_penalty)
                         seen[s, token] = True
             for s, line in ctx.accepted:
                 yield live[s], line

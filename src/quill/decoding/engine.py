@@ -28,7 +28,7 @@ from quill.decoding.fast import inference_dtype, make_decoder, quantize_int8
 from quill.decoding.lines import Vocabulary
 from quill.decoding.llamacpp import check_backend, pick_decoder
 from quill.decoding.results import Cancel, GenerationResult, GenerationStream, cancelled
-from quill.decoding.sampling import SamplingParams, make_generator, sample_next, unpenalized_ids
+from quill.decoding.sampling import SamplingParams, make_generator, sample_next
 from quill.decoding.text import Detokenizer, StopText
 from quill.errors import QuillError
 from quill.models import load_for_inference
@@ -53,7 +53,6 @@ class Engine:
         self.vocab = model.get_output_embeddings().weight.shape[0]
         self.decoder = decoder if decoder is not None else make_decoder(model, self.context_length, fast)
         self._vocabulary: Vocabulary | None = None
-        self.unpenalized = unpenalized_ids(self.stop_ids)   # left alone by the repetition penalty
 
     @classmethod
     def load(cls, spec: str, name: str | None = None, dtype: Any = "auto", fast: str | bool = "auto",
@@ -189,7 +188,7 @@ class Engine:
         row ends, after calling ``progress`` with its new-token count); returns the results."""
         events = decode_batch(self.model, self.tokenizer, rows, pad_id=self.pad_id, stop_ids=self.stop_ids,
                               vocab_size=self.vocab, vocab=self.vocabulary, device=self.device,
-                              cancel=lambda: cancelled(cancel), slots=slots, unpenalized=self.unpenalized)
+                              cancel=lambda: cancelled(cancel), slots=slots)
         while True:
             try:
                 row, line = next(events)

@@ -3,8 +3,8 @@
 Why not HF's ``LogitsProcessor`` list: at batch 1 on a CPU a decode step of a 135M model takes a few
 milliseconds, and a full-vocabulary sort for top-p costs about as much as a transformer layer. The order
 and arithmetic follow transformers exactly (repetition penalty, then temperature, top-k, top-p; the penalty
-counts the answer's tokens, not the prompt's, and leaves the stop tokens alone, see
-``apply_repetition_penalty`` and ``unpenalized_ids``), but top-p
+counts the answer's tokens, not the prompt's, and never the stop tokens, see
+``apply_repetition_penalty``), but top-p
 first looks at the 64 most likely tokens, and when those hold less than ``top_p`` of the mass it sorts only
 the tokens that can be in the nucleus (see ``_nucleus_superset``) instead of the whole vocabulary: the same
 nucleus, ~0.3 ms instead of ~5 ms (sort + a 49k-way multinomial) on SmolLM2's 49k vocabulary.
@@ -146,26 +146,17 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
     return g
 
 
-def unpenalized_ids(stop_ids) -> frozenset[int]:
-    """Tokens the repetition penalty leaves alone: the stop tokens (end of turn, EOS).
-
-    A penalised stop token makes the answer's own end less likely: answers run on to the token limit
-    (measured on the demo poet when the prompt's end-of-turn tokens still counted: stopping 0.74 -> 0.86
-    without it). Now that the prompt is not counted, only a stop token a form row feeds could be; it stays
-    exempt there. Line breaks stay penalised: exempt too, they became the one token a penalised model
-    could always pick, and its verse fell apart into one word a line (docs/USAGE.md, "The demo poet,
-    measured", has the runs)."""
-    return frozenset(int(t) for t in stop_ids)
-
-
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """transformers' arithmetic over the tokens of the answer so far: positive logits are divided by the
     penalty, negative ones multiplied, so a seen token always becomes less likely. Unlike transformers,
-    callers count the answer's own tokens only, not the prompt's, and leave ``unpenalized_ids`` out of
-    ``seen``. Counting the prompt penalises the very words a request names ("a poem about the sea" makes
-    " sea" less likely from the answer's first token): on the demo run, leaving the prompt out kept the
-    topic in 0.90 of the poet's answers instead of 0.71, and the base model's in 0.94 instead of 0.78
-    (docs/USAGE.md, "The demo poet, measured").
+    callers count the answer's own tokens only, not the prompt's, and never a stop token (end of turn, EOS).
+    Counting the prompt penalises the very words a request names ("a poem about the sea" makes " sea" less
+    likely from the answer's first token): on the demo run, leaving the prompt out kept the topic in 0.90
+    of the poet's answers instead of 0.71, and the base model's in 0.94 instead of 0.78. A penalised stop
+    token makes the answer's end less likely, so answers run on (stopping 0.74 -> 0.86 without it, measured
+    when the prompt's end-of-turn tokens still counted). Line breaks stay penalised: exempt too, they became
+    the one token a penalised model could always pick, and its verse fell apart into one word a line, or
+    stopped less often (docs/USAGE.md, "The demo poet, measured", has the runs).
 
     ``seen`` is either a bool mask [B, V] (batches) or, for batch 1, a 1-D tensor of the distinct seen ids;
     the second form touches only those few entries, in place, instead of five passes over the vocabulary
