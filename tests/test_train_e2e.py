@@ -11,7 +11,7 @@ import torch
 
 from quill.config import load_config
 from quill.train.pipeline import train
-from tests_support import train_tiny
+from tests_support import quill, train_tiny
 
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "fixtures" / "train" / "tiny.yaml"
@@ -21,14 +21,6 @@ def losses(run: Path) -> dict:
     s = json.loads((run / "summary.json").read_text())
     return {name: {k: st.get(k) for k in ("train_loss", "val_loss_before", "val_loss_after", "test_loss")}
             for name, st in s["stages"].items()}
-
-
-def quill(*args, env=None, check=True):
-    e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    p = subprocess.run([sys.executable, "-m", "quill.cli", *map(str, args)], capture_output=True, text=True, env=e)
-    if check and p.returncode != 0:
-        raise AssertionError(f"quill {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 @pytest.fixture(scope="module")

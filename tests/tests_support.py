@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import threading
 
 
@@ -33,3 +36,12 @@ def train_tiny(tmp_path_factory, config, name: str):
     run = tmp_path_factory.mktemp("runs") / name
     train(load_config(config, ["tracking.report_to=[tensorboard]"]), run, base_dir=config.parent)
     return run
+
+
+def quill(*args, env=None, check=True):
+    """``python -m quill.cli ARGS`` offline, in a subprocess; fails the test with its output unless ``check=False``."""
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    p = subprocess.run([sys.executable, "-m", "quill.cli", *map(str, args)], capture_output=True, text=True, env=e)
+    if check and p.returncode != 0:
+        raise AssertionError(f"quill {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p

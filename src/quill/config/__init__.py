@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, model_validator
 from quill.config.base import ConfigError, _Strict
 from quill.config.data import CleanConfig, DataConfig, SplitConfig, SynthConfig  # noqa: F401 (re-exported)
 from quill.config.dpo import DPOConfig
-from quill.config.train import AdapterConfig, TrainConfig  # noqa: F401 (re-exported)
+from quill.config.train import AdapterConfig, DistributedConfig, TrainConfig  # noqa: F401 (re-exported)
 from quill.config.generation import (FORM_CHOICES, FORM_OFF, MAX_LINES, MAX_SEED, METER_FEET,  # noqa: F401
                                      METER_MEASURES, GenerationConfig)  # re-exported: quill.config is the door
 
@@ -100,6 +100,8 @@ class PipelineConfig(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="what `quill eval` and training-time "
                              "samples measure")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="where training metrics go")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig, description="how several "
+                                           "processes (torchrun, accelerate launch) share the training")
     sweep: dict[str, list[Any]] = Field(default_factory=dict, description="grid for `quill sweep`: "
                                         "dotted key -> values")
 
@@ -112,11 +114,33 @@ class PipelineConfig(_Strict):
             raise ValueError("at least one stage is needed")
         return self
 
+    @model_validator(mode="after")
+    def _sharding_combinations(self) -> "PipelineConfig":
+        check_strategy(self, self.distributed.strategy)
+        return self
+
     def stage(self, name: str) -> StageConfig:
         for s in self.stages:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+
+def check_strategy(cfg: PipelineConfig, strategy: str) -> None:
+    """What sharded training does not do (yet), named by its keys before anything runs; also called at launch,
+    where ``strategy: auto`` has become what the launcher asked for."""
+    if strategy != "fsdp":
+        return
+    for i, s in enumerate(cfg.stages):
+        where = f"distributed.strategy {strategy} with stages[{i}]"
+        if s.adapter.quantize:
+            raise ValueError(f"{where}.adapter.quantize {s.adapter.quantize}: QLoRA's quantised base is not "
+                             "sharded; train it on one device (what QLoRA is for) or drop quantize")
+        if s.train.compile == "on":
+            raise ValueError(f"{where}.train.compile on: compiled blocks are not combined with sharding; "
+                             "use compile: auto (off when sharded) or off")
+        if s.kind == "dpo":
+            raise ValueError(f"{where}.kind dpo: preference stages train with ddp (strategy: ddp or auto)")
 
 
 # --------------------------------------------------------------------------- loading

@@ -90,3 +90,18 @@ class TrainConfig(_Strict):
     def _yaml_on_off(cls, value):
         """YAML 1.1 reads ``compile: on`` / ``off`` as booleans: take them as meant."""
         return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
+
+class DistributedConfig(_Strict):
+    strategy: Literal["auto", "ddp", "fsdp"] = Field(
+        "auto", description="how several processes share the work: ddp copies the model to each (accelerate's "
+        "default); fsdp shards the weights, gradients and optimizer states across them (FSDP2's fully_shard "
+        "through accelerate, one unit per transformer block: ZeRO-3's memory); auto: fsdp when the launcher's "
+        "accelerate config turns FSDP on (configs/accelerate/fsdp.yaml), else ddp")
+    reshard_after_forward: bool = Field(True, description="fsdp: free each block's gathered weights after its "
+                                        "forward and gather them again for the backward (ZeRO-3's memory); "
+                                        "false keeps them until the backward (ZeRO-2's: fewer all-gathers)")
+
+    @property
+    def sharded(self) -> bool:
+        return self.strategy == "fsdp"

@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from quill.errors import RunError
 from quill.files import atomic_dir, atomic_write_json, read_json
 from quill.train.faults import fault_point
+from quill.train.sharding import full_state, load_full_state
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,8 +41,10 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank: int = 0,
-                    world: int = 1, barrier=lambda: None) -> None:
-    """Every rank writes its RNG state into the temp folder; rank 0 writes the rest and renames it."""
+                    world: int = 1, barrier=lambda: None, sharded: bool = False) -> None:
+    """Every rank writes its RNG state into the temp folder; rank 0 writes the rest and renames it.
+    ``sharded`` (FSDP): the weights and optimizer state are first gathered whole to rank 0 (every rank
+    takes part), so the files are the same whatever the number of processes."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     if rank == 0:
@@ -56,15 +59,17 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank
             barrier()
             save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
             atomic_write_json(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
+            weights, optim = full_state(model, optimizer) if sharded else (None, None)
             if rank == 0:
-                save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+                save_file(weights if sharded else trainable_state(model), str(tmp / "trainable.safetensors"))
                 fault_point("checkpoint:weights")
-                torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+                torch.save(optim if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
                 fault_point("checkpoint:optimizer")
                 torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             barrier()
             if rank == 0:
-                atomic_write_json(tmp / "state.json", {**state, "world_size": world})  # last: marks complete
+                atomic_write_json(tmp / "state.json", {**state, "world_size": world,  # last: marks complete
+                                                       "sharded": sharded})
     except BaseException as err:
         # a full disk (or any write error): atomic_dir dropped the partial temp folder and kept the previous
         # checkpoint where find_checkpoint() looks for it; say so in one line instead of a traceback
@@ -100,9 +105,20 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0, sharded: bool = False) -> dict:
     folder = Path(folder)
     state = read_json(folder / "state.json")
+    if bool(state.get("sharded")) != sharded:  # optimizer state keyed by name (fsdp) or by position (ddp)
+        saved = "fsdp" if state.get("sharded") else "ddp or one process"
+        raise RunError(f"{folder}: checkpoint written under {saved}; resume it with the same "
+                       f"distributed.strategy")
+    if sharded:
+        load_full_state(model, optimizer, *((load_file(str(folder / "trainable.safetensors")),
+                                             torch.load(folder / "optimizer.pt", weights_only=True))
+                                            if rank == 0 else ({}, {})))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        _load_rng(folder, rank)
+        return state
     weights = load_file(str(folder / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
@@ -113,6 +129,11 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) ->
             params[n].copy_(t.to(params[n].device, params[n].dtype))
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+    _load_rng(folder, rank)
+    return state
+
+
+def _load_rng(folder: Path, rank: int) -> None:
     rng_file = folder / f"rng-{rank}.safetensors"
     if rng_file.exists():
         rng = load_file(str(rng_file))
@@ -123,7 +144,6 @@ def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0) ->
         if extra:
             random.setstate(_to_py_state(extra["python"]))
             np.random.set_state(_to_np_state(extra["numpy"]))
-    return state
 
 
 def _py_state():

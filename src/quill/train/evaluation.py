@@ -1,6 +1,8 @@
 """Validation and test loss: token-weighted, the same on one process or several."""
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -13,7 +15,8 @@ def eval_loss(model: nn.Module, loader, max_batches: int | None = None, accelera
     """Token-weighted mean loss over a split: sum of token losses / number of target tokens.
 
     With an ``accelerator`` each process takes every world-size-th batch and the sums are reduced, so the
-    figure is the same as on one process.
+    figure is the same as on one process; a process short of a batch in the last round repeats one without
+    counting it, because sharded (FSDP) weights are gathered by every process for every forward.
     """
     module = model if isinstance(model, CausalLMLoss) else CausalLMLoss(model)
     was_training = module.training
@@ -22,18 +25,18 @@ def eval_loss(model: nn.Module, loader, max_batches: int | None = None, accelera
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    for i, batch in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        if i % world != rank:
-            continue
+    batches = list(itertools.islice(loader, max_batches))
+    rounds = -(-len(batches) // world)  # every process runs as many forwards (sharded weights gather in step)
+    for j in range(rounds):
+        i = j * world + rank
         if i == 1:
             fault_point("eval")
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in batches[min(i, len(batches) - 1)].items()}
         with _autocast(accelerator, device):
             s, n = module(**batch)
-        total += s.double()
-        count += n.double()
+        if i < len(batches):  # a process past the last batch repeats it and counts nothing
+            total += s.double()
+            count += n.double()
     if accelerator is not None and world > 1:
         total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     module.train(was_training)

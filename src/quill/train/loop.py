@@ -4,7 +4,7 @@ The story of one optimizer step (read ``_Loop.train`` and ``_Loop.step`` top to 
 1. the epoch's micro-batches are fixed by (seed, epoch), the same list on every process;
 2. a step takes the next ``grad_accum × world_size`` micro-batches (the *window*); each process runs its
    share; we know the window's number of target tokens N before any forward pass;
-3. each micro-batch contributes ``sum of its token losses / N`` (× world size, because DDP averages
+3. each micro-batch contributes ``sum of its token losses / N`` (× world size: DDP and FSDP average
    gradients over processes), so the step's gradient is the mean over *tokens*, not over micro-batches;
 4. clip, step, schedule; every ``eval_every`` steps the val loss; every ``save_every`` a checkpoint.
 """
@@ -31,6 +31,7 @@ from quill.train.evaluation import eval_loss
 from quill.train.faults import fault_point
 from quill.train.loss import CausalLMLoss
 from quill.train.samples import EvalSamples, samples_row
+from quill.train.sharding import ShardedCopy, describe, is_sharded
 
 
 @dataclass
@@ -70,29 +71,33 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
     world, main = accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     amp_dtype = resolve_precision(cfg.precision, device)
-    module = inputs.loss_module(model) if inputs.loss_module else CausalLMLoss(model)
+    shards = ShardedCopy(model, accelerator) if is_sharded(accelerator) else None  # FSDP (train.sharding)
+    trained = shards.trained if shards else model
+    module = (inputs.loss_module or CausalLMLoss)(trained)
     optimizer = build_optimizer(module, cfg)
     n_batches = len(epoch_batches(inputs.train, cfg.micro_batch, cfg.seed, 0, True, cfg.packing))
     _, total_steps = plan_steps(n_batches, cfg, world)
     warmup = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total_steps))
     scheduler = get_scheduler({"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[cfg.schedule],
                               optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    wrapped, optimizer = accelerator.prepare(module, optimizer)
+    wrapped, optimizer = (shards.prepare if shards else accelerator.prepare)(module, optimizer)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 and device.type == "cuda" else None
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32)
 
-    with training_fast_paths(model, compile_setting=cfg.compile, attention=inputs.attention, device=device,
-                             packing=cfg.packing, micro_batches=total_steps * cfg.grad_accum) as fast:
+    with training_fast_paths(trained, compile_setting="off" if shards else cfg.compile, attention=inputs.attention,
+                             device=device, packing=cfg.packing, micro_batches=total_steps * cfg.grad_accum) as fast:
         if main:
             print(f"[{inputs.name}] fast paths: attention {fast['attention']}, "
                   f"{fast['compiled_blocks']} compiled blocks (train.compile: {cfg.compile})")
         # compiled blocks: every micro-batch padded to one shape (the short last one too): no recompiling for it
         static = (cfg.micro_batch, cfg.block_size if cfg.packing else 0) if fast["compiled_blocks"] else (0, 0)
-        result = _Loop(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static),
-                       inputs, accelerator, run).train(resume)
-    result.update(fast)
+        result = _Loop(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static,
+                                 shards.gathered if shards else None), inputs, accelerator, run).train(resume)
+    if shards:  # the caller's model, whole, with the trained weights: merging and saving need nothing else
+        shards.gather()
+    result.update(fast, distributed=describe(accelerator))
     accelerator.free_memory()
     return result
 
@@ -108,6 +113,7 @@ class _Training:
     autocast: object           # () -> autocast context in the stage's precision
     total_steps: int
     static_shape: tuple[int, int]  # (rows, width) every micro-batch is padded to; (0, 0): as collated
+    gathered: Callable | None = None  # FSDP: a context in which the caller's model holds the trained weights
 
 
 @dataclass
@@ -133,10 +139,8 @@ class _Loop:
         self.t, self.inputs, self.acc, self.run, self.cfg = t, inputs, accelerator, run, inputs.train_cfg
         self.rank, self.world, self.main = accelerator.process_index, accelerator.num_processes, \
             accelerator.is_main_process
-        self.device = accelerator.device
-        self.ckpt_dir = run.checkpoint(inputs.name)
-        self.state = LoopState()
-        self.stop = False
+        self.device, self.ckpt_dir, self.sharded = accelerator.device, run.checkpoint(inputs.name), t.gathered is not None
+        self.state, self.stop = LoopState(), False
 
     def train(self, resume: bool) -> dict:
         self.restore(resume)
@@ -171,7 +175,7 @@ class _Loop:
         """From the last checkpoint (``resume``), else measure the val loss before training."""
         found = find_checkpoint(self.ckpt_dir) if resume else None
         if found is not None:
-            loaded = load_checkpoint(found, self.t.module, self.t.optimizer, self.t.scheduler, self.rank)
+            loaded = load_checkpoint(found, self.t.module, self.t.optimizer, self.t.scheduler, self.rank, self.sharded)
             self.state = LoopState(**{k: v for k, v in loaded.items() if k in LoopState.__dataclass_fields__})
             if self.main:
                 self.run.truncate_metrics(self.inputs.name, self.state.step)
@@ -185,15 +189,17 @@ class _Loop:
         t, st, inputs, world = self.t, self.state, self.inputs, self.world
         seqs = inputs.train.sequences
         n_target = sum(seqs[i].loss_tokens for b in win for i in b)  # known before any forward pass
-        mine = win[self.rank::world] or [win[0]]  # a process with no batch in a short last window still syncs
-        idle = not win[self.rank::world]
+        # every process runs as many micro-batches (extra ones without loss): DDP's sync, FSDP's gathers are collective
+        mine = win[self.rank::world]
+        rows = mine + [win[0]] * (-(-len(win) // world) - len(mine))
         loss_sum = torch.zeros((), device=self.device)
-        for j, b in enumerate(mine):
+        for j, b in enumerate(rows):
+            idle = j >= len(mine)
             batch = collate([seqs[i] for i in b], inputs.pad_id, *t.static_shape)
             if idle:
                 batch["labels"].fill_(IGNORE_INDEX)
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            sync = contextlib.nullcontext() if j == len(mine) - 1 else self.acc.no_sync(t.wrapped)
+            sync = contextlib.nullcontext() if j == len(rows) - 1 else self.acc.no_sync(t.wrapped)
             with sync:
                 with t.autocast():
                     s, _ = t.wrapped(**batch)
@@ -262,9 +268,10 @@ class _Loop:
 
     def _log_eval(self, val: float, tensorboard: bool = True) -> None:
         name, step = self.inputs.name, self.state.step
+        with self.t.gathered() if self.t.gathered else contextlib.nullcontext():  # FSDP: samples see the shards
+            row = samples_row(self.inputs.samples, name, step, self.acc) if self.main else {}
         if self.main:
-            self.run.log({"stage": name, "step": step, "val_loss": val,
-                          **samples_row(self.inputs.samples, name, step, self.acc)})
+            self.run.log({"stage": name, "step": step, "val_loss": val, **row})
             if tensorboard:
                 self.acc.log({f"{name}/val_loss": val}, step=step)
 
@@ -273,7 +280,7 @@ class _Loop:
         if cfg.save_every and st.step % cfg.save_every == 0 and st.step < self.t.total_steps:
             st.wall_s = time.perf_counter() - self.t0
             save_checkpoint(self.ckpt_dir, self.t.module, self.t.optimizer, self.t.scheduler, asdict(st), self.rank,
-                            self.world, self.acc.wait_for_everyone)
+                            self.world, self.acc.wait_for_everyone, sharded=self.sharded)
 
     def finish(self) -> dict:
         """The stage's summary: losses, tokens, time; the val loss after and the test loss."""

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from quill import models
-from quill.config import PipelineConfig, dump_config, load_config, packaged_config, config_base_dir
+from quill.config import (ConfigError, PipelineConfig, check_strategy, config_base_dir, dump_config, load_config,
+                          packaged_config)
 from quill.data.prepare import load_prepared, note_tokenized, prepare_stages, save_prepared
 from quill.errors import RunError
 from quill.files import atomic_write_text
@@ -29,12 +30,31 @@ from quill.train.dpo import DPOLoss, cached_reference_logps, reference_logps
 from quill.train.fastpaths import release_freed_memory
 from quill.train.loop import StageInputs, fit
 from quill.train.samples import eval_samples, sample_prompts
+from quill.train.sharding import accelerator_kwargs, enable_on_cpu, launched_strategy
 
 
-def make_accelerator(cfg: PipelineConfig, run: RunFolder):
+def launch_strategy(cfg: PipelineConfig) -> str:
+    """The ``distributed.strategy`` this launch trains with (``auto`` resolved), checked against the config
+    and the number of processes before anything is written."""
+    strategy = launched_strategy(cfg.distributed.strategy)
+    try:
+        check_strategy(cfg, strategy)  # auto may have become fsdp
+    except ValueError as err:
+        raise ConfigError(f"{err} (the launcher's accelerate config turned FSDP on)") from None
+    if strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ConfigError("distributed.strategy fsdp shards the model across processes, and this is one: launch "
+                          "with torchrun --nproc_per_node N or accelerate launch, or use strategy auto")
+    return strategy
+
+
+def make_accelerator(cfg: PipelineConfig, run: RunFolder, strategy: str = "ddp"):
+    """accelerate's Accelerator for the run: its trackers, and the plugin of its strategy (``launch_strategy``)."""
     from accelerate import Accelerator
     trackers = list(cfg.tracking.report_to)
-    acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run.path))
+    plugins = accelerator_kwargs(strategy, cfg.distributed.reshard_after_forward)
+    acc = Accelerator(cpu=not torch.cuda.is_available(), log_with=trackers or None, project_dir=str(run.path),
+                      **plugins)
+    enable_on_cpu(acc, plugins)
     if trackers:
         acc.init_trackers(run.tb.name)
     return acc
@@ -68,6 +88,7 @@ def run_demo(config=None, overrides=None, run_dir="runs/demo") -> Path:
 def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, base_dir: Path | None = None,
           demo: bool = False) -> Path:
     require_quantization(cfg.stages)  # adapter.quantize without bitsandbytes: a one-line error before anything
+    strategy = launch_strategy(cfg)
     run = RunFolder(run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if rank0 and not resume and run.path.exists() and any(run.path.iterdir()):
@@ -82,7 +103,7 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
     run.path.mkdir(parents=True, exist_ok=True)
     lock = run.lock().acquire() if rank0 else None
     try:
-        accelerator = make_accelerator(cfg, run)
+        accelerator = make_accelerator(cfg, run, strategy)
         main = accelerator.is_main_process
         if main and not resume:
             atomic_write_text(run.config, dump_config(cfg))

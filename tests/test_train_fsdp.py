@@ -1,0 +1,164 @@
+"""Sharded training (``distributed.strategy: fsdp``): two CPU processes over gloo against one process.
+
+FSDP2 (torch's ``fully_shard``, applied by accelerate) shards the weights, gradients and optimizer states;
+the loss module is its root, so the fused vocabulary projection reads the gathered output layer. These
+runs drive the real launcher (torchrun), the real pipeline and the real checkpoint files."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from quill.config import ConfigError, load_config
+from quill.train.pipeline import train
+from tests_support import quill
+
+pytestmark = pytest.mark.slow
+TINY = Path(__file__).parent / "fixtures" / "train" / "tiny.yaml"
+# stage 1 trains a LoRA adapter (the frozen base is sharded too), stage 2 every weight, without a val split
+# (so no evaluation gathers its weights before the end of the stage)
+MIXED = ["--set", "stages.dapt.train.max_steps=2", "--set", "stages.sft.train.max_steps=2",
+         "--set", "stages.sft.adapter.method=full", "--set", "stages.sft.data.split.val=0",
+         "--set", "eval.prompts=[]"]
+TWO = ["--set", "stages.dapt.train.grad_accum=1", "--set", "stages.sft.train.grad_accum=1",
+       "--set", "distributed.strategy=fsdp"]  # 2 processes x 1 micro-batch: the same global batch as 1 x 2
+
+
+def summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def torchrun(*args, port: int, env=None, nodes: tuple[int, int] | None = None, check=True):
+    """``torchrun --nproc_per_node 2 -m quill.cli ARGS``; ``nodes=(n, rank)``: one process of an n-node job."""
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    layout = (["--nnodes", str(nodes[0]), "--node_rank", str(nodes[1]), "--nproc_per_node", "1",
+               "--master_addr", "127.0.0.1"] if nodes else ["--nproc_per_node", "2"])
+    cmd = [sys.executable, "-m", "torch.distributed.run", *layout, "--master_port", str(port),
+           "-m", "quill.cli", *map(str, args)]
+    if nodes:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=e, timeout=300)  # a collective out of step hangs
+    if check and p.returncode != 0:
+        raise AssertionError(f"torchrun {args} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def assert_same_losses(a: dict, b: dict, tol: float) -> None:
+    for stage, st in a["stages"].items():
+        for k in ("train_loss", "val_loss_before", "val_loss_after", "test_loss"):
+            if st.get(k) is not None:
+                assert b["stages"][stage][k] == pytest.approx(st[k], abs=tol), (stage, k)
+
+
+def assert_same_weights(a: Path, b: Path, tol: float) -> None:
+    x, y = load_file(str(a)), load_file(str(b))
+    assert x.keys() == y.keys()
+    worst = max((x[k] - y[k]).abs().max().item() for k in x)
+    assert worst <= tol, (a, worst)
+
+
+def test_fsdp_lora_and_full_fine_tuning_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    quill("train", TINY, "--run-dir", one, *MIXED)
+    torchrun("train", TINY, "--run-dir", two, *MIXED, *TWO, port=29561)
+    a, b = summary(one), summary(two)
+    assert {s["distributed"] for s in b["stages"].values()} == {"fsdp x2"}
+    assert_same_losses(a, b, 1e-4)
+    # the merged models, written once by the main process as plain safetensors, are the one process's
+    for stage in ("dapt", "sft"):
+        assert_same_weights(one / stage / "model" / "model.safetensors", two / stage / "model" / "model.safetensors",
+                            1e-4)
+    assert_same_weights(one / "dapt" / "adapter" / "adapter_model.safetensors",
+                        two / "dapt" / "adapter" / "adapter_model.safetensors", 1e-6)
+    # and training moved them: the comparison above is not between two untrained copies
+    base, tuned = load_file(str(two / "dapt" / "model" / "model.safetensors")), \
+        load_file(str(two / "sft" / "model" / "model.safetensors"))
+    assert max((base[k] - tuned[k]).abs().max().item() for k in base) > 1e-3
+
+
+def test_fsdp_resume_after_sigkill_matches_uninterrupted(tmp_path):
+    sets = ["--set", "stages.dapt.train.max_steps=6", "--set", "stages.dapt.train.save_every=1",
+            "--set", "stages.dapt.adapter.dropout=0.1",  # dropout draws random numbers: each rank's RNG restored
+            "--set", "eval.prompts=[]", *TWO]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    torchrun("train", TINY, "--run-dir", full, *sets, port=29562)
+    p = torchrun("train", TINY, "--run-dir", broken, *sets, port=29563, env={"QUILL_FAULT": "step:dapt:4"},
+                 check=False)
+    assert p.returncode != 0
+    assert not (broken / "summary.json").exists() or "sft" not in summary(broken).get("stages", {})
+    state = json.loads((broken / "checkpoints" / "dapt" / "state.json").read_text())
+    assert state["step"] == 4 and state["sharded"] and state["world_size"] == 2
+    # the checkpoint holds whole tensors (gathered), not one process's shards
+    saved = load_file(str(broken / "checkpoints" / "dapt" / "trainable.safetensors"))
+    whole = load_file(str(full / "dapt" / "adapter" / "adapter_model.safetensors"))  # peft's names for them
+    assert {k.removeprefix("model.").replace(".default", ""): tuple(t.shape) for k, t in saved.items()} == \
+        {k: tuple(t.shape) for k, t in whole.items()}
+    p = torchrun("resume", broken, port=29564)
+    assert "resumed at step 4/6" in p.stdout + p.stderr
+    assert_same_losses(summary(full), summary(broken), 1e-6)
+
+
+def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path):
+    run = tmp_path / "run"
+    sets = ["--set", "stages.dapt.train.max_steps=4", "--set", "stages.dapt.train.save_every=1",
+            "--set", "eval.prompts=[]", *TWO]
+    torchrun("train", TINY, "--run-dir", run, *sets, port=29565, env={"QUILL_FAULT": "step:dapt:2"}, check=False)
+    p = quill("resume", run, check=False)  # its config says fsdp: one process is refused first
+    assert p.returncode != 0 and "this is one" in p.stderr
+    config = run / "config.yaml"  # a user switching the run to ddp: the optimizer state is keyed differently
+    config.write_text(config.read_text().replace("strategy: fsdp", "strategy: ddp"))
+    p = torchrun("resume", run, port=29566, check=False)
+    assert p.returncode != 0 and "resume it with the same distributed.strategy" in p.stderr + p.stdout
+
+
+@pytest.mark.parametrize("sets, key", [
+    (["stages.dapt.adapter.quantize=nf4"], "stages[0].adapter.quantize"),
+    (["stages.sft.train.compile=on"], "stages[1].train.compile"),
+])
+def test_what_sharding_does_not_do_is_a_config_error_naming_the_key(sets, key):
+    with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
+        load_config(TINY, ["distributed.strategy=fsdp", *sets])
+    load_config(TINY, sets)  # each is fine without sharding
+
+
+def test_fsdp_on_one_process_is_an_error_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ConfigError, match="distributed.strategy fsdp .* this is one"):
+        train(load_config(TINY, ["distributed.strategy=fsdp"]), tmp_path / "run", base_dir=TINY.parent)
+    assert not (tmp_path / "run").exists()
+
+
+def test_auto_takes_fsdp_from_the_launchers_accelerate_config(monkeypatch):
+    from quill.train.sharding import launched_strategy
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert launched_strategy("auto") == "ddp"
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert launched_strategy("auto") == "fsdp" and launched_strategy("ddp") == "ddp"
+
+
+def launch_env(config: str) -> tuple[object, dict]:
+    """What ``accelerate launch --config_file configs/accelerate/CONFIG.yaml`` would set up: (args, env)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_multi_gpu_env
+    root = Path(__file__).parent.parent
+    args = launch_command_parser().parse_args(["--config_file", str(root / "configs" / "accelerate" / config),
+                                               "-m", "quill.cli", "train", "x.yaml"])
+    args, _, _ = _validate_launch_command(args)
+    return args, (prepare_multi_gpu_env(args) if args.multi_gpu or args.use_fsdp else {})
+
+
+def test_the_shipped_accelerate_configs_launch_what_they_say(tmp_path):
+    shapes = {name: (a.num_machines, a.num_processes, a.use_fsdp, a.multi_gpu) for name in
+              ("single_gpu.yaml", "ddp.yaml", "fsdp.yaml", "multi_node.yaml") for a in [launch_env(name)[0]]}
+    assert shapes == {"single_gpu.yaml": (1, 1, False, False), "ddp.yaml": (1, 8, False, True),
+                      "fsdp.yaml": (1, 8, True, False), "multi_node.yaml": (2, 16, True, False)}
+    _, env = launch_env("fsdp.yaml")
+    assert env["FSDP_VERSION"] == "2" and env["ACCELERATE_MIXED_PRECISION"] == "no"
+    # the launcher's environment on two CPU processes: strategy auto becomes fsdp
+    run = tmp_path / "run"
+    torchrun("train", TINY, "--run-dir", run, *MIXED[:4], "--set", "eval.prompts=[]", port=29567,
+             env={k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))})
+    assert {s["distributed"] for s in summary(run)["stages"].values()} == {"fsdp x2"}
