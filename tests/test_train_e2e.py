@@ -221,7 +221,7 @@ def test_train_prepares_stages_reading_one_folder_with_one_held_out_set(tmp_path
                     assert held and not train & held, (name, other, sorted(train & held)[:3])
 
     run = RunFolder(tmp_path / "run")
-    prepared = _prepare_all(cfg, run, TINY.parent, main, resume=False)
+    prepared = _prepare_all(cfg, run, TINY.parent, main, resume=False, writer=True)
     assert_one_held_out_set(prepared)
     out = capsys.readouterr().out
     assert "[dapt] data:" in out and "[sft] data:" in out
@@ -230,7 +230,7 @@ def test_train_prepares_stages_reading_one_folder_with_one_held_out_set(tmp_path
     dapt_before = (run.data("dapt") / "train.jsonl").read_text()
     for path in run.data("sft").iterdir():
         path.unlink()
-    again = _prepare_all(cfg, run, TINY.parent, main, resume=True)
+    again = _prepare_all(cfg, run, TINY.parent, main, resume=True, writer=True)
     out = capsys.readouterr().out
     assert "[dapt] data:" not in out and "[sft] data:" in out
     assert (run.data("dapt") / "train.jsonl").read_text() == dapt_before

@@ -162,3 +162,43 @@ def test_the_shipped_accelerate_configs_launch_what_they_say(tmp_path):
     torchrun("train", TINY, "--run-dir", run, *MIXED[:4], "--set", "eval.prompts=[]", port=29567,
              env={k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "FSDP_"))})
     assert {s["distributed"] for s in summary(run)["stages"].values()} == {"fsdp x2"}
+
+
+def two_nodes(args_a: list, args_b: list, port: int, env=None) -> tuple[int, int, str]:
+    """One process on each of two "nodes" (torchrun --nnodes 2 on loopback): (exit codes, output)."""
+    procs = [torchrun(*args, port=port, env=env, nodes=(2, rank)) for rank, args in enumerate((args_a, args_b))]
+    out = [p.communicate(timeout=300)[0] for p in procs]
+    return procs[0].returncode, procs[1].returncode, "\n".join(out)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_two_nodes_with_separate_disks_train_checkpoint_and_resume(tmp_path, strategy):
+    """Each node's run folder on a disk of its own (two directories): the main process writes the record and
+    the checkpoints; node 1's first process prepares its own data and keeps its copy of the stage models."""
+    sets = ["--set", "stages.sft.train.max_steps=4", "--set", "stages.sft.train.save_every=1",
+            "--set", "stages.dapt.train.max_steps=2", "--set", "stages.dapt.adapter.dropout=0.1",
+            "--set", "eval.prompts=[]", *TWO[:4], "--set", f"distributed.strategy={strategy}"]
+    full, a, b = tmp_path / "full", tmp_path / "disk-a" / "run", tmp_path / "disk-b" / "run"
+    port = 29568 if strategy == "fsdp" else 29580  # the two cases may run at once (pytest -n 2)
+    torchrun("train", TINY, "--run-dir", full, *sets, port=port)
+    # killed in stage 2: the resume restores stage 1 from each disk's own copy and stage 2 from rank 0's checkpoint
+    ra, rb, out = two_nodes(["train", TINY, "--run-dir", a, *sets], ["train", TINY, "--run-dir", b, *sets],
+                            port=port + 1, env={"QUILL_FAULT": "step:sft:2"})
+    assert ra != 0 and rb != 0
+    assert (a / "checkpoints" / "sft" / "state.json").exists() and not (b / "checkpoints").exists()
+    assert (b / "config.yaml").exists() and (b / "data" / "sft" / "train.jsonl").exists()
+    assert (b / "dapt" / "model" / "model.safetensors").exists() and not (b / "metrics.jsonl").exists()
+    ra, rb, out = two_nodes(["resume", a], ["resume", b], port=port + 2)
+    assert ra == rb == 0, out[-3000:]
+    assert "resumed at step 2/4" in out
+    assert_same_losses(summary(full), summary(a), 1e-6)
+    assert_same_weights(full / "sft" / "model" / "model.safetensors", b / "sft" / "model" / "model.safetensors", 0)
+
+
+def test_two_nodes_sharing_a_disk_write_one_run_folder(tmp_path):
+    run, one = tmp_path / "run", tmp_path / "one"
+    quill("train", TINY, "--run-dir", one, *MIXED)
+    ra, rb, out = two_nodes(*[["train", TINY, "--run-dir", run, *MIXED, *TWO]] * 2, port=29571)
+    assert ra == rb == 0, out[-3000:]
+    assert out.count("[dapt] data:") == 1  # prepared once, by the main process: node 1 saw its copy
+    assert_same_losses(summary(one), summary(run), 1e-4)

@@ -174,8 +174,15 @@ class RunFolder:
         config, the lock, prepared data and empty logs. Anything else, or a folder that is not a run, is not."""
         if not self.config.exists():
             return False
-        before_training = {self.config.name, self.lock_path.name, self.data_root.name, self.tb.name}
+        before_training = {self.config.name, self.lock_path.name, self.main_token.name, self.data_root.name,
+                           self.tb.name}
         return all(p.name in before_training for p in self.path.iterdir())
+
+    @property
+    def main_token(self) -> Path:
+        """Written by the main process of a multi-process run: the others look for it to learn whether they see
+        the main process's copy of this folder (one shared disk) or a copy of their own (``train.nodes``)."""
+        return self.path / ".main-token"
 
     @property
     def lock_path(self) -> Path:

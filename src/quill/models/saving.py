@@ -84,9 +84,13 @@ def save_model(folder: str | Path, model, tokenizer, template, generation: Gener
     with atomic_dir(folder) as tmp:
         if target != original:
             model.to(target)
+        # transformers writes only on torch.distributed's rank 0; quill decides which processes write (each
+        # machine with a disk of its own keeps a copy of the run: train.nodes), so whoever calls this writes
+        model.should_save_on_this_rank = lambda is_main_process: is_main_process
         try:
             model.save_pretrained(tmp)  # safetensors (transformers 5 writes nothing else)
         finally:
+            del model.should_save_on_this_rank
             if target != original:
                 model.to(original)
         # overwrites the model's own generation_config.json; the model object is left unchanged

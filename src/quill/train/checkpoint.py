@@ -7,25 +7,26 @@ A checkpoint folder holds what an uninterrupted run would still have in memory:
 - ``rng-<rank>.safetensors`` and ``state.json``: random number generator states (LoRA dropout draws from
   them), the optimizer step, and the data position (epoch and micro-batch index).
 
-It is written to ``<name>.tmp`` (one name: every rank writes into it) and renamed over the previous one
+Rank 0 alone writes it (the other ranks send it their parts), to ``<name>.tmp``, renamed over the previous one
 (``quill.files.atomic_dir``), so a kill at any moment leaves either the old or the new checkpoint whole —
 never a mix; a kill between the two renames leaves the old one as ``<name>.old``, where
 :func:`find_checkpoint` looks too.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 from safetensors.torch import load_file, save_file
 
 from quill.errors import RunError
 from quill.files import atomic_dir, atomic_write_json, read_json
 from quill.train.faults import fault_point
+from quill.train.nodes import share
 from quill.train.sharding import full_state, load_full_state
 
 
@@ -40,36 +41,38 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
-def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank: int = 0,
-                    world: int = 1, barrier=lambda: None, sharded: bool = False) -> None:
-    """Every rank writes its RNG state into the temp folder; rank 0 writes the rest and renames it.
-    ``sharded`` (FSDP): the weights and optimizer state are first gathered whole to rank 0 (every rank
-    takes part), so the files are the same whatever the number of processes."""
+def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, accelerator=None,
+                    sharded: bool = False) -> None:
+    """Rank 0 writes the whole checkpoint into the temp folder and renames it over the last one. The other
+    ranks send it their RNG states and, under FSDP (``sharded``), their shards, gathered whole: the files are
+    the same whatever the number of processes, and no other rank needs to see the disk (``train.nodes``)."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    rngs = _gather((_rng_tensors(), {"python": _py_state(), "numpy": _np_state()}), accelerator)
+    weights, optim = full_state(model, optimizer) if sharded else (None, None)  # collective
     if rank == 0:
-        staging = atomic_dir(folder, tmp=tmp, old=_previous(folder), fsync_parent=True,
-                             before_swap=lambda: fault_point("checkpoint:rename"))
-    else:
-        staging = contextlib.nullcontext(tmp)
+        if not sharded:
+            weights, optim = trainable_state(model), optimizer.state_dict()
+        _write(folder, weights, optim, scheduler, {**state, "world_size": world, "sharded": sharded}, rngs)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+
+
+def _write(folder: Path, weights: dict, optim: dict, scheduler, state: dict, rngs: list) -> None:
+    tmp = folder.with_name(folder.name + ".tmp")
     try:
-        with staging:
-            if rank == 0:
-                fault_point("checkpoint:begin")
-            barrier()
-            save_file(_rng_tensors(), str(tmp / f"rng-{rank}.safetensors"))
-            atomic_write_json(tmp / f"rng-{rank}.json", {"python": _py_state(), "numpy": _np_state()})
-            weights, optim = full_state(model, optimizer) if sharded else (None, None)
-            if rank == 0:
-                save_file(weights if sharded else trainable_state(model), str(tmp / "trainable.safetensors"))
-                fault_point("checkpoint:weights")
-                torch.save(optim if sharded else optimizer.state_dict(), tmp / "optimizer.pt")
-                fault_point("checkpoint:optimizer")
-                torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            barrier()
-            if rank == 0:
-                atomic_write_json(tmp / "state.json", {**state, "world_size": world,  # last: marks complete
-                                                       "sharded": sharded})
+        with atomic_dir(folder, tmp=tmp, old=_previous(folder), fsync_parent=True,
+                        before_swap=lambda: fault_point("checkpoint:rename")):
+            fault_point("checkpoint:begin")
+            for r, (tensors, extra) in enumerate(rngs):
+                save_file(tensors, str(tmp / f"rng-{r}.safetensors"))
+                atomic_write_json(tmp / f"rng-{r}.json", extra)
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            fault_point("checkpoint:weights")
+            torch.save(optim, tmp / "optimizer.pt")
+            fault_point("checkpoint:optimizer")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            atomic_write_json(tmp / "state.json", state)  # last: marks the checkpoint complete
     except BaseException as err:
         # a full disk (or any write error): atomic_dir dropped the partial temp folder and kept the previous
         # checkpoint where find_checkpoint() looks for it; say so in one line instead of a traceback
@@ -79,7 +82,13 @@ def save_checkpoint(folder: Path, model, optimizer, scheduler, state: dict, rank
         if isinstance(err, OSError):
             raise RunError(f"cannot save checkpoint {folder}: {err.strerror or err}") from None
         raise
-    barrier()
+
+
+def _gather(obj, accelerator) -> list:
+    """``obj`` of every rank, in rank order (on every rank)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [obj]
+    return gather_object([obj])
 
 
 def _previous(folder: Path) -> Path:
@@ -105,45 +114,53 @@ def find_checkpoint(folder: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(folder: Path, model, optimizer, scheduler, rank: int = 0, sharded: bool = False) -> dict:
-    folder = Path(folder)
-    state = read_json(folder / "state.json")
+def load_checkpoint(folder: Path | None, model, optimizer, scheduler, accelerator=None, sharded: bool = False) -> dict:
+    """Rank 0 reads the checkpoint (``folder``: rank 0's; other ranks pass what they like) and sends every rank
+    its part; under FSDP the weights and optimizer state are scattered as shards. Returns ``state.json``."""
+    rank = accelerator.process_index if accelerator else 0
+    files = _read(Path(folder)) if rank == 0 else None
+    big = (files.pop("weights"), files.pop("optimizer")) if sharded and rank == 0 else ({}, {})
+    files = share(files, accelerator) if accelerator else files
+    state = files["state"]
     if bool(state.get("sharded")) != sharded:  # optimizer state keyed by name (fsdp) or by position (ddp)
         saved = "fsdp" if state.get("sharded") else "ddp or one process"
-        raise RunError(f"{folder}: checkpoint written under {saved}; resume it with the same "
+        raise RunError(f"{files['folder']}: checkpoint written under {saved}; resume it with the same "
                        f"distributed.strategy")
     if sharded:
-        load_full_state(model, optimizer, *((load_file(str(folder / "trainable.safetensors")),
-                                             torch.load(folder / "optimizer.pt", weights_only=True))
-                                            if rank == 0 else ({}, {})))
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        _load_rng(folder, rank)
-        return state
-    weights = load_file(str(folder / "trainable.safetensors"))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    if missing:
-        raise RuntimeError(f"{folder}: checkpoint weights not in the model: {missing[:3]}")
-    with torch.no_grad():
-        for n, t in weights.items():
-            params[n].copy_(t.to(params[n].device, params[n].dtype))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    _load_rng(folder, rank)
+        load_full_state(model, optimizer, *big)  # collective
+    else:
+        params = dict(model.named_parameters())
+        missing = [n for n in files["weights"] if n not in params]
+        if missing:
+            raise RuntimeError(f"{files['folder']}: checkpoint weights not in the model: {missing[:3]}")
+        with torch.no_grad():
+            for n, t in files["weights"].items():
+                params[n].copy_(t.to(params[n].device, params[n].dtype))
+        optimizer.load_state_dict(files["optimizer"])
+    scheduler.load_state_dict(files["scheduler"])
+    if rank < len(files["rng"]):
+        _set_rng(*files["rng"][rank])
     return state
 
 
-def _load_rng(folder: Path, rank: int) -> None:
-    rng_file = folder / f"rng-{rank}.safetensors"
-    if rng_file.exists():
-        rng = load_file(str(rng_file))
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
-        extra = read_json(folder / f"rng-{rank}.json", {})
-        if extra:
-            random.setstate(_to_py_state(extra["python"]))
-            np.random.set_state(_to_np_state(extra["numpy"]))
+def _read(folder: Path) -> dict:
+    rng, r = [], 0
+    while (folder / f"rng-{r}.safetensors").exists():
+        rng.append((load_file(str(folder / f"rng-{r}.safetensors")), read_json(folder / f"rng-{r}.json", {})))
+        r += 1
+    return {"folder": str(folder), "state": read_json(folder / "state.json"),
+            "weights": load_file(str(folder / "trainable.safetensors")),
+            "optimizer": torch.load(folder / "optimizer.pt", weights_only=True),
+            "scheduler": torch.load(folder / "scheduler.pt", weights_only=True), "rng": rng}
+
+
+def _set_rng(tensors: dict, extra: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    if "cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["cuda"])
+    if extra:
+        random.setstate(_to_py_state(extra["python"]))
+        np.random.set_state(_to_np_state(extra["numpy"]))
 
 
 def _py_state():

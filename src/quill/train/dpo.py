@@ -135,7 +135,8 @@ def pairs_fingerprint(encs: dict) -> str:
 def cached_reference_logps(path: Path, encs: dict, compute, write: bool) -> str:
     """Every pair's reference log-probs: read from ``path`` when it holds these very pairs (a resumed stage:
     the reference is frozen, so they cannot have changed), else ``compute(name, encoded)`` for each split and,
-    with ``write`` (the main process), store them there atomically. Returns "read" or "computed"."""
+    with ``write`` (the process that writes this disk's copy of the run), store them there atomically.
+    Returns "read" or "computed"."""
     fingerprint = pairs_fingerprint(encs)
     cached = read_json(path) if path.is_file() else None
     if isinstance(cached, dict) and cached.get("fingerprint") == fingerprint:

@@ -30,6 +30,7 @@ from quill.train.fastpaths import release_freed_memory, training_fast_paths
 from quill.train.evaluation import eval_loss
 from quill.train.faults import fault_point
 from quill.train.loss import CausalLMLoss
+from quill.train.nodes import share
 from quill.train.samples import EvalSamples, samples_row
 from quill.train.sharding import ShardedCopy, describe, is_sharded
 
@@ -173,9 +174,9 @@ class _Loop:
 
     def restore(self, resume: bool) -> None:
         """From the last checkpoint (``resume``), else measure the val loss before training."""
-        found = find_checkpoint(self.ckpt_dir) if resume else None
-        if found is not None:
-            loaded = load_checkpoint(found, self.t.module, self.t.optimizer, self.t.scheduler, self.rank, self.sharded)
+        found = share(resume and self.main and find_checkpoint(self.ckpt_dir), self.acc)  # rank 0's disk decides
+        if found:
+            loaded = load_checkpoint(found, self.t.module, self.t.optimizer, self.t.scheduler, self.acc, self.sharded)
             self.state = LoopState(**{k: v for k, v in loaded.items() if k in LoopState.__dataclass_fields__})
             if self.main:
                 self.run.truncate_metrics(self.inputs.name, self.state.step)
@@ -210,8 +211,7 @@ class _Loop:
             if not idle:  # useful tokens: the sequences' own, not the padding collate added
                 st.tokens += sum(len(seqs[i]) for i in b)
         grad_norm = self._optimizer_step()
-        st.batch += len(win)
-        st.step += 1
+        st.batch, st.step = st.batch + len(win), st.step + 1
         step_loss = self.acc.reduce(loss_sum, "sum").item() / max(n_target, 1)
         st.loss_sum += step_loss * n_target
         st.loss_tokens += n_target
@@ -279,8 +279,8 @@ class _Loop:
         st, cfg = self.state, self.cfg
         if cfg.save_every and st.step % cfg.save_every == 0 and st.step < self.t.total_steps:
             st.wall_s = time.perf_counter() - self.t0
-            save_checkpoint(self.ckpt_dir, self.t.module, self.t.optimizer, self.t.scheduler, asdict(st), self.rank,
-                            self.world, self.acc.wait_for_everyone, sharded=self.sharded)
+            save_checkpoint(self.ckpt_dir, self.t.module, self.t.optimizer, self.t.scheduler, asdict(st), self.acc,
+                            self.sharded)
 
     def finish(self) -> dict:
         """The stage's summary: losses, tokens, time; the val loss after and the test loss."""

@@ -29,6 +29,7 @@ from quill.train.batches import build_loader, encode_stage_split, pad_id_of
 from quill.train.dpo import DPOLoss, cached_reference_logps, reference_logps
 from quill.train.fastpaths import release_freed_memory
 from quill.train.loop import StageInputs, fit
+from quill.train.nodes import share, writes_copy
 from quill.train.samples import eval_samples, sample_prompts
 from quill.train.sharding import accelerator_kwargs, enable_on_cpu, launched_strategy
 
@@ -105,11 +106,12 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
     try:
         accelerator = make_accelerator(cfg, run, strategy)
         main = accelerator.is_main_process
-        if main and not resume:
+        writer = writes_copy(run, accelerator, fresh=not resume)  # this disk's copy of the run (train.nodes)
+        if writer and not resume:
             atomic_write_text(run.config, dump_config(cfg))
-        prepared = _prepare_all(cfg, run, base_dir or Path.cwd(), accelerator, resume)
+        prepared = _prepare_all(cfg, run, base_dir or Path.cwd(), accelerator, resume, writer)
         model, tokenizer, template = models.load_base(cfg.model)
-        summary = run.summary() if resume else {}
+        summary = share(run.summary() if resume and main else {}, accelerator)  # the main process's record
         summary.setdefault("stages", {})
         summary.update({"model": cfg.model.name, "stage_order": [s.name for s in cfg.stages]})
         if main and not summary.get("samples_base") and (demo or cfg.eval.prompts):
@@ -121,7 +123,7 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
                 model, continuing = _restore_after(run, stage, model)
                 continue
             model, continuing, result = _run_stage(cfg, stage, model, tokenizer, template, prepared[stage.name],
-                                                   accelerator, run, resume, continuing)
+                                                   accelerator, run, resume, continuing, writer)
             summary["stages"][stage.name] = result
             if main:
                 run.update_summary(**summary)
@@ -140,12 +142,13 @@ def train(cfg: PipelineConfig, run_dir: Path, overwrite=False, resume=False, bas
     return run.path
 
 
-def _prepare_all(cfg, run, base_dir, accelerator, resume) -> dict:
-    """Data for every stage, prepared once by the main process and saved; every process reads the saved splits.
+def _prepare_all(cfg, run, base_dir, accelerator, resume, writer: bool) -> dict:
+    """Data for every stage, prepared once for each copy of the run folder (by its ``writer``: the main process,
+    or a machine's first process where the machine has a disk of its own) and saved; every process reads it.
 
     The stages share one held-out set (``prepare_stages``): on resume, stages whose data was saved are
     loaded, not re-prepared, and the stages still to prepare keep none of their val/test poems in train."""
-    if accelerator.is_main_process:
+    if writer:
         saved = {s.name for s in cfg.stages if resume and run.data_ready(s.name)}
         todo = [s for s in cfg.stages if s.name not in saved]
         if todo:
@@ -161,7 +164,7 @@ def _prepare_all(cfg, run, base_dir, accelerator, resume) -> dict:
     return {stage.name: load_prepared(run.data(stage.name)) for stage in cfg.stages}
 
 
-def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, run, resume, continuing):
+def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, run, resume, continuing, writer):
     tc = stage.train
     amp = resolve_precision(tc.precision, accelerator.device)
     # frozen base weights can live in the low precision; trained weights stay fp32 (full fine-tuning: autocast)
@@ -185,7 +188,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
             reference_logps(model, enc, pad_id_of(tokenizer), tc.micro_batch, accelerator.device,
                             lambda: torch.autocast(accelerator.device.type, dtype=amp, enabled=amp != torch.float32),
                             desc=f"{stage.name} reference {name}" if main else None)
-        how = cached_reference_logps(run.reference_logps(stage.name), encs, compute, write=main)
+        how = cached_reference_logps(run.reference_logps(stage.name), encs, compute, write=writer)
         if main:
             print(f"[{stage.name}] reference log-probs {how} ({run.reference_logps(stage.name)})")
             note_tokenized(run.data(stage.name), {name: {"pairs": len(e.sequences), "skipped": dict(e.skipped),
@@ -205,7 +208,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
     result.update({"kind": stage.kind, "complete": True, "skipped_examples": dict(train_enc.skipped),
                    **({"truncated": dict(train_enc.truncated)} if dpo is not None else {})})
     lora = stage.adapter.trains_adapter
-    if accelerator.is_main_process:
+    if writer:  # each copy of the run folder gets the stage's model (a resume restores completed stages from it)
         if lora:
             models.save_adapter(run.adapter_dir(stage.name), model)
         to_save = models.merge_adapter(copy.deepcopy(model) if lora and not stage.adapter.merge else model) \
@@ -214,9 +217,9 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
         if lora and stage.adapter.merge:
             model = to_save
     accelerator.wait_for_everyone()
-    if lora and stage.adapter.merge and not accelerator.is_main_process:
+    if lora and stage.adapter.merge and not writer:
         model = models.merge_adapter(model)
-    if accelerator.is_main_process:  # the stage is saved whole: its resume state is no longer needed
+    if writer:  # the stage is saved whole: its resume state is no longer needed
         shutil.rmtree(run.checkpoint(stage.name), ignore_errors=True)
     return model, lora and not stage.adapter.merge, result
 
