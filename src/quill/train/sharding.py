@@ -9,8 +9,8 @@ The story, in the order a run meets it:
    the code a GPU run takes.
 2. ``fit`` trains a :class:`ShardedCopy` of the stage's model: its own modules holding the *same* parameter
    tensors. ``fully_shard`` replaces the copy's parameters with shards (DTensors) and leaves the caller's
-   model whole; off the CPU its full weights wait in host memory (:func:`park`) while the shards train.
-3. ``ShardedCopy.gather`` copies the trained weights back (every process takes part: all-gathers), so
+   model whole, its parameters emptied while the shards train (so sharding saves memory on a CPU too).
+3. ``ShardedCopy.gather`` fills them with the trained weights (every process takes part: all-gathers), so
    merging, saving and sampling see an ordinary model, the same as after one-process training.
 4. Checkpoints (``train.checkpoint``) hold full tensors gathered here (:func:`full_state`,
    :func:`load_full_state`): one format for any number of processes, written and read by the main
@@ -72,7 +72,8 @@ def is_sharded(accelerator) -> bool:
 
 class ShardedCopy:
     """The stage's model and the copy of it that FSDP trains (``trained``: its own modules, the same parameter
-    and buffer tensors, so ``fully_shard`` may rewrite it in place and leave the caller's model whole)."""
+    and buffer tensors, so ``fully_shard`` may rewrite it in place and leave the caller's model whole). While
+    the shards train, the caller's parameters hold no memory (:meth:`release`); :meth:`gather` fills them."""
 
     def __init__(self, model: torch.nn.Module, accelerator):
         self.model, self.accelerator, self.device, self.module = model, accelerator, accelerator.device, None
@@ -82,23 +83,32 @@ class ShardedCopy:
 
     def prepare(self, module: torch.nn.Module, optimizer):
         """``accelerator.prepare`` of the loss module around ``trained`` (FSDP2 shards it in place) and its
-        optimizer; off the CPU, the caller's full weights then wait in host memory."""
+        optimizer; then the shards alone hold the weights."""
         wrapped, optimizer = self.accelerator.prepare(module, optimizer)
         self.module = module
-        park(self.model, torch.device("cpu"))
+        self.release()
         return wrapped, optimizer
 
+    def release(self) -> None:
+        """Free the caller's full weights (each parameter keeps its name, dtype and device, not its data)."""
+        for p in self.model.parameters():
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+
     def gather(self) -> None:
-        """The trained weights, whole, into the caller's model on the device (collective)."""
-        park(self.model, self.device)
-        gather_into(self.model, self.module)
+        """The weights trained so far, whole, into the caller's model (collective: every process all-gathers).
+        The loss module names the model ``model.``; tied weights are one parameter in both."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, p in self.module.named_parameters():
+                target = params[name.removeprefix("model.")]
+                target.data = _full(p.detach()).to(self.device, target.dtype)
 
     @contextlib.contextmanager
     def gathered(self):
-        """Inside: the caller's model holds the weights trained so far (collective), e.g. to sample from it."""
+        """Inside: the caller's model holds the weights trained so far, e.g. to sample from it."""
         self.gather()
         yield
-        park(self.model, torch.device("cpu"))
+        self.release()
 
 
 def describe(accelerator) -> str:
@@ -107,30 +117,9 @@ def describe(accelerator) -> str:
     return "one process" if world == 1 else f"{'fsdp' if is_sharded(accelerator) else 'ddp'} x{world}"
 
 
-def park(model: torch.nn.Module, device: torch.device) -> None:
-    """Move the caller's full weights to ``device``. A no-op on CPU processes."""
-    if next(model.parameters()).device.type == device.type:
-        return
-    for t in (*model.parameters(), *model.buffers()):
-        t.data = t.data.to(device)
-
-
 def _full(t: torch.Tensor) -> torch.Tensor:
-    return t.full_tensor() if isinstance(t, DTensor) else t
-
-
-def gather_into(model: torch.nn.Module, sharded: torch.nn.Module, prefix: str = "model.",
-                trainable_only: bool = True) -> None:
-    """Copy the sharded module's weights (its trainable ones, or all) into ``model``, whole. Collective:
-    every process calls it. ``prefix``: the sharded module's name for ``model`` (the loss module's ``model.``)."""
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, p in sharded.named_parameters():
-            if trainable_only and not p.requires_grad:
-                continue
-            whole = _full(p.detach())
-            target = params[name.removeprefix(prefix)]
-            target.copy_(whole.to(target.device, target.dtype))
+    """A whole tensor of its own: a DTensor's shards gathered, else a copy."""
+    return t.full_tensor() if isinstance(t, DTensor) else t.clone()
 
 
 def full_state(module: torch.nn.Module, optimizer) -> tuple[dict, dict]:
