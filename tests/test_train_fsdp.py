@@ -82,6 +82,10 @@ def test_fsdp_lora_and_full_fine_tuning_match_one_process(tmp_path):
 def test_fsdp_resume_after_sigkill_matches_uninterrupted(tmp_path):
     sets = ["--set", "stages.dapt.train.max_steps=6", "--set", "stages.dapt.train.save_every=1",
             "--set", "stages.dapt.adapter.dropout=0.1",  # dropout draws random numbers: each rank's RNG restored
+            "--set", "stages.dapt.train.eval_every=2",  # an evaluation just before a save (it leaves weights gathered)
+            # stage 2 trains every weight, with saves right after evaluations (its optimizer holds the root's shards)
+            "--set", "stages.sft.adapter.method=full", "--set", "stages.sft.train.save_every=2",
+            "--set", "stages.sft.train.eval_every=2",
             "--set", "eval.prompts=[]", *TWO]
     full, broken = tmp_path / "full", tmp_path / "broken"
     torchrun("train", TINY, "--run-dir", full, *sets, port=29562)
@@ -117,6 +121,7 @@ def test_a_checkpoint_resumes_only_under_the_strategy_that_wrote_it(tmp_path):
 @pytest.mark.parametrize("sets, key", [
     (["stages.dapt.adapter.quantize=nf4"], "stages[0].adapter.quantize"),
     (["stages.sft.train.compile=on"], "stages[1].train.compile"),
+    (["stages.sft.train.precision=fp16"], "stages[1].train.precision"),
 ])
 def test_what_sharding_does_not_do_is_a_config_error_naming_the_key(sets, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):

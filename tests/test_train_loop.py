@@ -23,7 +23,7 @@ def test_early_stopping_after_patience_evaluations_without_improvement():
                           device=torch.device("cpu"))
     cfg = TrainConfig(early_stopping_patience=2, eval_every=1)
     inputs = SimpleNamespace(name="s", val=[], samples=None, train_cfg=cfg)
-    loop = _Loop(SimpleNamespace(total_steps=100, gathered=None), inputs, acc, run)
+    loop = _Loop(SimpleNamespace(total_steps=100, shards=None), inputs, acc, run)
     vals = iter([2.0, 1.5, 1.6, 1.55, 1.7])
     loop.evaluate = lambda loader: next(vals)
     stops = []

@@ -139,6 +139,8 @@ def check_strategy(cfg: PipelineConfig, strategy: str) -> None:
         if s.train.compile == "on":
             raise ValueError(f"{where}.train.compile on: compiled blocks are not combined with sharding; "
                              "use compile: auto (off when sharded) or off")
+        if s.train.precision == "fp16":
+            raise ValueError(f"{where}.train.precision fp16: its gradient scaler is not sharded; use bf16 or fp32")
         if s.kind == "dpo":
             raise ValueError(f"{where}.kind dpo: preference stages train with ddp (strategy: ddp or auto)")
 

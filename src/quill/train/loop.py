@@ -95,7 +95,7 @@ def fit(model: torch.nn.Module, inputs: StageInputs, accelerator, run, resume: b
         # compiled blocks: every micro-batch padded to one shape (the short last one too): no recompiling for it
         static = (cfg.micro_batch, cfg.block_size if cfg.packing else 0) if fast["compiled_blocks"] else (0, 0)
         result = _Loop(_Training(module, wrapped, optimizer, scheduler, scaler, autocast, total_steps, static,
-                                 shards.gathered if shards else None), inputs, accelerator, run).train(resume)
+                                 shards), inputs, accelerator, run).train(resume)
     if shards:  # the caller's model, whole, with the trained weights: merging and saving need nothing else
         shards.gather()
     result.update(fast, distributed=describe(accelerator))
@@ -114,7 +114,7 @@ class _Training:
     autocast: object           # () -> autocast context in the stage's precision
     total_steps: int
     static_shape: tuple[int, int]  # (rows, width) every micro-batch is padded to; (0, 0): as collated
-    gathered: Callable | None = None  # FSDP: a context in which the caller's model holds the trained weights
+    shards: ShardedCopy | None = None  # FSDP: the caller's model and its sharded copy (train.sharding)
 
 
 @dataclass
@@ -140,7 +140,7 @@ class _Loop:
         self.t, self.inputs, self.acc, self.run, self.cfg = t, inputs, accelerator, run, inputs.train_cfg
         self.rank, self.world, self.main = accelerator.process_index, accelerator.num_processes, \
             accelerator.is_main_process
-        self.device, self.ckpt_dir, self.sharded = accelerator.device, run.checkpoint(inputs.name), t.gathered is not None
+        self.device, self.ckpt_dir, self.sharded = accelerator.device, run.checkpoint(inputs.name), bool(t.shards)
         self.state, self.stop = LoopState(), False
 
     def train(self, resume: bool) -> dict:
@@ -268,7 +268,7 @@ class _Loop:
 
     def _log_eval(self, val: float, tensorboard: bool = True) -> None:
         name, step = self.inputs.name, self.state.step
-        with self.t.gathered() if self.t.gathered else contextlib.nullcontext():  # FSDP: samples see the shards
+        with self.t.shards.gathered() if self.sharded else contextlib.nullcontext():  # samples see the shards
             row = samples_row(self.inputs.samples, name, step, self.acc) if self.main else {}
         if self.main:
             self.run.log({"stage": name, "step": step, "val_loss": val, **row})

@@ -89,8 +89,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     ``pad_vocab``: round the vocabulary up to a multiple of this with zero rows whose logits are −inf (no
     probability, no gradient). Default 64 on GPUs: GPT-2's 50,257 rows make cuBLAS fall back to slow
     unaligned kernels (measured on an H200: the loss took ~60% of a GPT-2 step), 1 (no padding) on CPUs."""
-    if hidden.shape[0] == 0:  # keep the graph connected for DDP when no token carries loss
-        return 0.0 * hidden.sum(dtype=torch.float32)
+    if hidden.shape[0] == 0:  # keep the graph connected (head too) for DDP / FSDP when no token carries loss
+        return 0.0 * (hidden.sum(dtype=torch.float32) + weight.sum() + (bias.sum() if bias is not None else 0.0))
     pad_vocab = pad_vocab or (1 if hidden.device.type == "cpu" else 64)
     return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, pad_vocab, torch.is_grad_enabled())
 

@@ -29,8 +29,10 @@ import os
 import torch
 from accelerate.state import PartialState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+from accelerate.utils.dataclasses import get_module_class_from_name
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor
 
 from quill.train.loss import hf_model
@@ -79,7 +81,9 @@ class ShardedCopy:
         self.model, self.accelerator, self.device, self.module = model, accelerator, accelerator.device, None
         shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
         self.trained = copy.deepcopy(model, memo=shared)
-        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = list(hf_model(model)._no_split_modules or [])
+        names = hf_model(model)._no_split_modules or []  # the block classes (a model may name absent ones)
+        accelerator.state.fsdp_plugin.transformer_cls_names_to_wrap = [
+            n for n in names if get_module_class_from_name(model, n) is not None]
 
     def prepare(self, module: torch.nn.Module, optimizer):
         """``accelerator.prepare`` of the loss module around ``trained`` (FSDP2 shards it in place) and its
@@ -126,6 +130,11 @@ def full_state(module: torch.nn.Module, optimizer) -> tuple[dict, dict]:
     """(trainable weights, optimizer state), whole, on the CPU of the main process ({} elsewhere).
     Collective. The optimizer state is keyed by parameter name, not by position."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    # an evaluation (a forward, no backward) leaves the root's weights gathered, and the optimizer-state helper
+    # looks the optimizer's shards up among the registered parameters: reshard first
+    for m in module.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
     weights = {n: _full(p.detach()) for n, p in module.named_parameters() if p.requires_grad}
     rank0 = torch.distributed.get_rank() == 0
     weights = {n: t.cpu().contiguous() for n, t in weights.items()} if rank0 else {}
