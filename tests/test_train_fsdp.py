@@ -19,10 +19,10 @@ from tests_support import quill
 pytestmark = pytest.mark.slow
 TINY = Path(__file__).parent / "fixtures" / "train" / "tiny.yaml"
 # stage 1 trains a LoRA adapter (the frozen base is sharded too), stage 2 every weight, without a val split
-# (so no evaluation gathers its weights before the end of the stage)
+# (so no evaluation gathers its weights before the end of the stage); tiny.yaml's one prompt is sampled at
+# every evaluation (FSDP gathers the weights for it) and after training
 MIXED = ["--set", "stages.dapt.train.max_steps=2", "--set", "stages.sft.train.max_steps=2",
-         "--set", "stages.sft.adapter.method=full", "--set", "stages.sft.data.split.val=0",
-         "--set", "eval.prompts=[]"]
+         "--set", "stages.sft.adapter.method=full", "--set", "stages.sft.data.split.val=0"]
 TWO = ["--set", "stages.dapt.train.grad_accum=1", "--set", "stages.sft.train.grad_accum=1",
        "--set", "distributed.strategy=fsdp"]  # 2 processes x 1 micro-batch: the same global batch as 1 x 2
 
@@ -67,6 +67,11 @@ def test_fsdp_lora_and_full_fine_tuning_match_one_process(tmp_path):
     a, b = summary(one), summary(two)
     assert {s["distributed"] for s in b["stages"].values()} == {"fsdp x2"}
     assert_same_losses(a, b, 1e-4)
+    # the training-time samples decoded the weights trained so far: the same scores as one process's
+    scores = [[(r["stage"], r["step"], r["poetic_score"]) for r in map(json.loads, (run / "metrics.jsonl").open())
+               if "poetic_score" in r] for run in (one, two)]
+    assert scores[0] and scores[0] == scores[1]
+    assert a["samples"] == b["samples"]
     # the merged models, written once by the main process as plain safetensors, are the one process's
     for stage in ("dapt", "sft"):
         assert_same_weights(one / stage / "model" / "model.safetensors", two / stage / "model" / "model.safetensors",

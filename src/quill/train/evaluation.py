@@ -1,8 +1,6 @@
 """Validation and test loss: token-weighted, the same on one process or several."""
 from __future__ import annotations
 
-import itertools
-
 import torch
 from torch import nn
 
@@ -25,23 +23,32 @@ def eval_loss(model: nn.Module, loader, max_batches: int | None = None, accelera
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    batches = list(itertools.islice(loader, max_batches))
-    rounds = -(-len(batches) // world)  # every process runs as many forwards (sharded weights gather in step)
-    for j in range(rounds):
-        i = j * world + rank
+    seen, done, last = 0, 0, None
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
+        seen, last = i + 1, batch
+        if i % world != rank:
+            continue
         if i == 1:
             fault_point("eval")
-        batch = {k: v.to(device) for k, v in batches[min(i, len(batches) - 1)].items()}
-        with _autocast(accelerator, device):
-            s, n = module(**batch)
-        if i < len(batches):  # a process past the last batch repeats it and counts nothing
-            total += s.double()
-            count += n.double()
+        s, n = _forward(module, batch, accelerator, device)
+        total += s.double()
+        count += n.double()
+        done += 1
+    if done < -(-seen // world):  # short of a batch in the last round: repeat one, count nothing
+        _forward(module, last, accelerator, device)
     if accelerator is not None and world > 1:
         total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
     module.train(was_training)
     tokens = int(count.item())
     return {"loss": float(total.item() / max(tokens, 1)) if tokens else float("nan"), "tokens": tokens}
+
+
+def _forward(module, batch: dict, accelerator, device):
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with _autocast(accelerator, device):
+        return module(**batch)
 
 
 def _autocast(accelerator, device):

@@ -268,7 +268,7 @@ class _Loop:
 
     def _log_eval(self, val: float, tensorboard: bool = True) -> None:
         name, step = self.inputs.name, self.state.step
-        with self.t.shards.gathered() if self.sharded else contextlib.nullcontext():  # samples see the shards
+        with self.t.shards.gathered() if self.sharded and self.inputs.samples else contextlib.nullcontext():
             row = samples_row(self.inputs.samples, name, step, self.acc) if self.main else {}
         if self.main:
             self.run.log({"stage": name, "step": step, "val_loss": val, **row})

@@ -201,7 +201,7 @@ def _run_stage(cfg, stage, model, tokenizer, template, prepared, accelerator, ru
               f"{dict(train_enc.truncated) or 'none'}); precision {str(amp).removeprefix('torch.')}")
     inputs = StageInputs(stage.name, tc, train_enc, loaders.get("val"), loaders.get("test"), pad_id_of(tokenizer),
                          attention=cfg.model.attn_implementation,
-                         samples=eval_samples(cfg, model, tokenizer, template) if accelerator.is_main_process else None,
+                         samples=eval_samples(cfg, model, tokenizer, template),  # every process: FSDP gathers for it
                          loss_module=(lambda m: DPOLoss(m, dpo)) if dpo is not None else None)
     torch.manual_seed(tc.seed + 1)
     result = fit(model, inputs, accelerator, run, resume=resume)
